@@ -1,0 +1,270 @@
+"""`tidemark run / resume / inspect`: flags, logging set-up, exit codes.
+
+Exit codes: 0 finished, 1 the agent failed (model/API error, turn cap), 2 bad usage or
+input (one line on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import anyio
+import structlog
+from pydantic import ValidationError
+
+from agent.config import Settings
+from agent.errors import ConfigError, TidemarkError, WorkspaceError
+from agent.loop import Agent, RunResult
+from agent.progress import PlainProgress, Progress
+from agent.providers import ProviderName, default_provider, make_model
+
+__all__ = ["main"]
+
+_SETTING_FLAGS: dict[str, str] = {
+    "max_turns": "max_turns",
+    "context_window": "context_window",
+    "compact_at": "compact_at",
+    "memory_init_tokens": "memory_init_tokens",
+    "memory_update_tokens": "memory_update_tokens",
+    "memory_tool_calls": "memory_tool_calls",
+    "compaction_wait_ms": "compaction_wait_ms",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tidemark: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", default=".", help="repository to work in (default: .)")
+    p.add_argument(
+        "--provider",
+        choices=["anthropic", "local"],
+        help="model provider (default: anthropic when ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL "
+        "is set, else the embedded local model)",
+    )
+    p.add_argument("--model", help="model name (anthropic) or path to a .gguf file (local)")
+    p.add_argument("--max-turns", type=_count, help="turn cap (default 50)")
+    p.add_argument("--yes", action="store_true", help="approve tools that write or run commands")
+    p.add_argument("--log-json", metavar="FILE", help="also write the event log to FILE")
+    p.add_argument("--context-window", type=_count, metavar="TOKENS")
+    p.add_argument(
+        "--compact-at",
+        type=_count,
+        metavar="TOKENS",
+        help="compact when the next request would exceed this (default: window - 33000)",
+    )
+    p.add_argument("--memory-init-tokens", type=_count, metavar="N", help="default 10000")
+    p.add_argument("--memory-update-tokens", type=_count, metavar="N", help="default 5000")
+    p.add_argument("--memory-tool-calls", type=_count, metavar="N", help="default 3")
+    p.add_argument(
+        "--compaction-wait-ms",
+        type=_count,
+        metavar="MS",
+        help="how long compaction may wait for an in-flight memory update (default 0)",
+    )
+    p.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="add your own tools (repeatable), e.g. --tools mytools:TOOLS",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tidemark", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run the agent on a task")
+    _add_common(run)
+    run.add_argument("task", metavar="TASK", help="what the agent should do")
+    resume = sub.add_parser("resume", help="continue a session after an exit or a crash")
+    _add_common(resume)
+    resume.add_argument("--session", help="session id (default: the latest)")
+    resume.add_argument("task", metavar="TASK", nargs="?", help="a new instruction (optional)")
+    inspect = sub.add_parser("inspect", help="show what a session did")
+    inspect.add_argument("--workspace", default=".")
+    inspect.add_argument("--session", help="session id (default: the latest)")
+    inspect.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    inspect.add_argument("--list", action="store_true", help="list the sessions")
+    inspect.add_argument(
+        "--messages", action="store_true", help="show the transcript with boundaries marked"
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace, provider: ProviderName) -> Settings:
+    values: dict[str, Any] = {"workspace": Path(args.workspace).expanduser()}
+    if provider == "local":
+        from agent.providers.local_defaults import LOCAL_DEFAULTS
+
+        values.update(LOCAL_DEFAULTS)
+    for flag, field in _SETTING_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[field] = value
+    values["auto_approve"] = args.yes
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = str(first["loc"][0]).replace("_", "-") if first["loc"] else "settings"
+        raise ConfigError(f"--{where}: {first['msg']}") from None
+
+
+def _configure_logging(log_json: TextIO | None) -> None:
+    """Events go to --log-json as JSON lines; the console gets progress lines instead."""
+
+    def drop(_: Any, __: str, event_dict: Any) -> Any:
+        raise structlog.DropEvent
+
+    if log_json is None:
+        structlog.configure(processors=[drop], cache_logger_on_first_use=False)
+        return
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer(ensure_ascii=False)],
+        logger_factory=structlog.WriteLoggerFactory(file=log_json),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _load_tools(specs: Sequence[str]) -> list[Any]:
+    from tools import ToolLoadError, load_tools
+
+    loaded: list[Any] = []
+    for spec in specs:
+        try:
+            loaded.extend(load_tools(spec))
+        except ToolLoadError as exc:
+            raise ConfigError(f"--tools {spec}: {exc}") from None
+    return loaded
+
+
+def _progress() -> Progress:
+    from agent.progress import make_progress
+
+    return make_progress(sys.stderr)
+
+
+async def _run(args: argparse.Namespace) -> RunResult:
+    workspace = Path(args.workspace).expanduser()
+    if not workspace.is_dir():
+        raise WorkspaceError(
+            f"workspace {workspace} does not exist: create it or pass --workspace DIR"
+        )
+    provider: ProviderName = args.provider or default_provider()
+    settings = _settings(args, provider)
+    extra_tools = _load_tools(args.tools)
+    model = make_model(provider, args.model, settings.context_window)
+    progress = _progress()
+    agent = Agent(
+        model,
+        tools=extra_tools,
+        settings=settings,
+        progress=progress,
+        nudge_without_action=provider == "local",
+    )
+    try:
+        if args.command == "run":
+            return await agent.run(args.task)
+        return await agent.resume(args.session, args.task)
+    finally:
+        progress.close()
+        with anyio.CancelScope(shield=True):
+            await model.aclose()
+
+
+async def _main_async(args: argparse.Namespace) -> int:
+    result: RunResult | None = None
+    interrupted = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch_signals)
+        try:
+            result = await _run(args)
+        finally:
+            tg.cancel_scope.cancel()
+    if interrupted or result is None:
+        print("tidemark: interrupted; continue with `tidemark resume`", file=sys.stderr)
+        return 130
+    if result.outcome == "nothing_to_do":
+        print(
+            f"tidemark: session {result.session_id} already finished; give a TASK to go on",
+            file=sys.stderr,
+        )
+        return 0
+    if result.final_text:
+        print(result.final_text)
+    print(f"tidemark: session {result.session_id} finished in {result.turns} turns",
+          file=sys.stderr)
+    return 0
+
+
+def _tidemark_error(exc: BaseException) -> TidemarkError | None:
+    """The error to report, also from inside the task groups' exception groups."""
+    if isinstance(exc, TidemarkError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:  # pyright: ignore[reportUnknownVariableType]
+            found = _tidemark_error(inner)  # pyright: ignore[reportUnknownArgumentType]
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "inspect":
+        from agent.inspect import inspect_command
+
+        try:
+            return inspect_command(args)
+        except TidemarkError as exc:
+            print(f"tidemark: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    log_file: TextIO | None = None
+    try:
+        if args.log_json:
+            try:
+                log_file = Path(args.log_json).open("a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise ConfigError(f"--log-json {args.log_json}: {exc.strerror}") from None
+        _configure_logging(log_file)
+        return anyio.run(_main_async, args)
+    except (TidemarkError, BaseExceptionGroup) as exc:
+        error = _tidemark_error(exc)
+        if error is None:
+            raise
+        print(f"tidemark: error: {error}", file=sys.stderr)
+        return error.exit_code
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

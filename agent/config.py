@@ -1,0 +1,86 @@
+"""Settings: one model, every default written once here and mirrored by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    workspace: Path = Field(default_factory=Path.cwd)
+    """Directory the agent works in; tools cannot touch anything outside it."""
+
+    max_turns: int = Field(default=50, ge=1)
+    """Model turns before the run stops with exit code 1."""
+
+    max_output_tokens: int = Field(default=8192, ge=1)
+    """Output budget of one agent turn."""
+
+    context_window: int = Field(default=200_000, ge=1000)
+    """The model's context window in tokens."""
+
+    compact_at: int | None = Field(default=None, ge=1000)
+    """Estimated input tokens of the next request at which compaction happens.
+    Default: context_window - 33000 (or 3/4 of small windows)."""
+
+    memory_init_tokens: int = Field(default=10_000, ge=0)
+    """Context size before the first memory update."""
+
+    memory_update_tokens: int = Field(default=5_000, ge=0)
+    """Context growth between memory updates."""
+
+    memory_tool_calls: int = Field(default=3, ge=0)
+    """Tool calls between memory updates (or a natural pause)."""
+
+    memory_max_tokens: int = Field(default=12_000, ge=500)
+    """Size limit of the whole memory document."""
+
+    memory_section_tokens: int = Field(default=2_000, ge=100)
+    """Size limit of one memory section."""
+
+    memory_update_output_tokens: int = Field(default=4_096, ge=256)
+    """Output budget of one memory update request."""
+
+    compaction_wait_ms: int = Field(default=0, ge=0)
+    """How long compaction may wait for an in-flight memory update (0: never)."""
+
+    tool_timeout: float = Field(default=120.0, gt=0)
+    """Default per-call tool timeout in seconds."""
+
+    auto_approve: bool = False
+    """Run tools that write or execute without asking (--yes)."""
+
+    @model_validator(mode="after")
+    def _check_compact_at(self) -> Settings:
+        if self.compact_at is not None and self.compact_at > self.context_window:
+            raise ValueError(
+                f"--compact-at {self.compact_at} is larger than the context window "
+                f"{self.context_window}"
+            )
+        return self
+
+    @property
+    def compaction_threshold(self) -> int:
+        if self.compact_at is not None:
+            return self.compact_at
+        if self.context_window > 66_000:
+            return self.context_window - 33_000
+        return self.context_window * 3 // 4
+
+    @property
+    def tail_min_tokens(self) -> int:
+        return min(10_000, self.compaction_threshold // 4)
+
+    @property
+    def tail_max_tokens(self) -> int:
+        return min(40_000, self.compaction_threshold // 2)
+
+    @property
+    def compaction_target(self) -> int:
+        """The whole next request after compaction should fit in this."""
+        return self.compaction_threshold // 2

@@ -1,0 +1,280 @@
+"""The agent: a turn loop that asks the model, runs its tools, and hands the rest off."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+
+from agent.config import Settings
+from agent.errors import ContextTooLongError, TurnLimitError, WorkspaceError
+from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from agent.model import Model, ToolSpec
+from agent.progress import NullProgress, Progress
+from agent.prompts import system_prompt
+from agent.session import Session
+from agent.transcript import SessionPaths, load_transcript
+from tools import (
+    Approver,
+    Tool,
+    ToolCall,
+    ToolContext,
+    Toolset,
+    builtin_tools,
+    default_approver,
+    reap_leftover_processes,
+)
+
+__all__ = ["Agent", "RunResult"]
+
+Outcome = Literal["finished", "turn_limit", "interrupted", "nothing_to_do"]
+
+INTERRUPTED = "interrupted: the run stopped before this call finished; run it again if needed"
+CUT_OFF = "Your reply was cut off at the output limit. Continue where you stopped."
+NUDGE = "You have not used any tool yet. Use the tools to do the task, then answer."
+REPEATED = (
+    "not run: you made this exact call in each of the last {n} turns and got the same "
+    "result (it is above). Do something different, or finish with your answer."
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    session_id: str
+    outcome: Outcome
+    turns: int
+    final_text: str
+    paths: SessionPaths
+
+
+class Agent:
+    """A coding agent over one workspace: ``await Agent(model).run("fix the failing test")``."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        tools: Iterable[Tool] = (),
+        builtin: bool = True,
+        settings: Settings | None = None,
+        approver: Approver | None = None,
+        progress: Progress | None = None,
+        nudge_without_action: bool = False,
+    ) -> None:
+        self.model = model
+        self.settings = settings or Settings()
+        self.toolset = Toolset([*(builtin_tools() if builtin else []), *tools])
+        self.approver = approver or default_approver(self.settings.auto_approve)
+        self.progress = progress or NullProgress()
+        self.nudge_without_action = nudge_without_action
+        workspace = self.settings.workspace
+        if not workspace.is_dir():
+            raise WorkspaceError(f"workspace {workspace} does not exist or is not a directory")
+        self.workspace = workspace.resolve()
+
+    def _session(self, paths: SessionPaths, resumed: bool) -> Session:
+        specs = [ToolSpec.model_validate(s) for s in self.toolset.specs()]
+        return Session(
+            paths=paths,
+            model=self.model,
+            settings=self.settings,
+            system=system_prompt(self.workspace),
+            tools=specs,
+            progress=self.progress,
+            restored=load_transcript(paths.transcript) if resumed else None,
+        )
+
+    async def run(self, task: str) -> RunResult:
+        """Start a new session on `task`."""
+        paths = SessionPaths.create(self.workspace)
+        session = self._session(paths, resumed=False)
+        self._started(session, task, resumed=False)
+        session.add(Message.user_text(task))
+        return await self._drive(session)
+
+    async def resume(self, session_id: str | None = None, task: str | None = None) -> RunResult:
+        """Continue a session after an exit or a crash; `task` adds a new user message."""
+        paths = SessionPaths.find(self.workspace, session_id)
+        reap_leftover_processes(paths.processes)
+        session = self._session(paths, resumed=True)
+        self._started(session, task or "", resumed=True)
+        _answer_pending(session)
+        if task:
+            session.add(Message.user_text(task))
+        elif not session.context or session.context[-1].role == "assistant":
+            session.close()
+            return RunResult(paths.session_id, "nothing_to_do", 0, "", paths)
+        return await self._drive(session)
+
+    def _started(self, session: Session, task: str, *, resumed: bool) -> None:
+        session.events.emit(
+            "session_started",
+            task=task,
+            workspace=str(self.workspace),
+            model=self.model.name,
+            provider=type(self.model).__name__,
+            resumed=resumed,
+        )
+
+    async def _drive(self, session: Session) -> RunResult:
+        outcome: Outcome = "interrupted"
+        turns = 0
+        try:
+            async with anyio.create_task_group() as tg:
+                session.bind(tg)
+                try:
+                    outcome, turns = await self._turns(session)
+                finally:
+                    tg.cancel_scope.cancel()  # in-flight memory updates end with the run
+        finally:
+            with anyio.CancelScope(shield=True):
+                _answer_pending(session)
+                code = {"finished": 0, "turn_limit": 1}.get(outcome, 130)
+                session.events.emit(
+                    "session_finished", outcome=outcome, turns=turns, exit_code=code
+                )
+                session.close()
+        final = session.context[-1].text if session.context else ""
+        if outcome == "turn_limit":
+            raise TurnLimitError(
+                f"the agent hit the turn cap ({self.settings.max_turns} turns) before finishing; "
+                f"continue with `tidemark resume --session {session.paths.session_id}`"
+            )
+        return RunResult(session.paths.session_id, outcome, turns, final, session.paths)
+
+    async def _turns(self, session: Session) -> tuple[Outcome, int]:
+        ctx = ToolContext(
+            workspace=self.workspace,
+            default_timeout=self.settings.tool_timeout,
+            process_registry=session.paths.processes,
+        )
+        acted = any(m.tool_uses for m in session.transcript)
+        nudged = False
+        history: list[dict[tuple[str, str], str]] = []
+        for turn in range(1, self.settings.max_turns + 1):
+            await session.compact_if_needed()
+            self.progress.turn_started(
+                turn, session.context_tokens(), self.settings.compaction_threshold
+            )
+            started = anyio.current_time()
+            try:
+                response = await self.model.generate(
+                    session.request(self.settings.max_output_tokens)
+                )
+            except ContextTooLongError:
+                await session.compact_if_needed(force=True)
+                response = await self.model.generate(
+                    session.request(self.settings.max_output_tokens)
+                )
+            reply = Message(
+                role="assistant",
+                origin="model",
+                content=response.content or [TextBlock(text="(no reply)")],
+                usage=response.usage,
+                stop_reason=response.stop_reason,
+            )
+            session.add(reply)
+            session.note_usage(response.usage)
+            session.events.emit(
+                "turn_finished",
+                turn=turn,
+                input_tokens=response.usage.total_input_tokens,
+                output_tokens=response.usage.output_tokens,
+                duration_ms=round((anyio.current_time() - started) * 1000, 3),
+                stop_reason=response.stop_reason,
+                cache_read_input_tokens=response.usage.cache_read_input_tokens,
+                cache_creation_input_tokens=response.usage.cache_creation_input_tokens,
+                context_tokens=session.context_tokens(),
+            )
+            uses = reply.tool_uses
+            if uses:
+                acted = True
+                results = await self._run_tools(session, ctx, uses, history)
+                session.add(Message(role="user", origin="tools", content=list(results)))
+            elif response.stop_reason == "max_tokens":
+                session.add(Message.user_text(CUT_OFF, origin="runtime"))
+            elif self.nudge_without_action and not acted and not nudged:
+                nudged = True
+                session.add(Message.user_text(NUDGE, origin="runtime"))
+            else:
+                return "finished", turn
+            session.schedule_update(paused=not uses)
+        return "turn_limit", self.settings.max_turns
+
+    async def _run_tools(
+        self,
+        session: Session,
+        ctx: ToolContext,
+        uses: list[ToolUseBlock],
+        history: list[dict[tuple[str, str], str]],
+    ) -> list[ToolResultBlock]:
+        signatures = [(u.name, json.dumps(u.input, sort_keys=True)) for u in uses]
+        # The same call in each of the last two turns with the same result: a loop.
+        blocked = {
+            u.id
+            for u, sig in zip(uses, signatures, strict=True)
+            if len(history) >= 2
+            and sig in history[-1]
+            and history[-1][sig] == history[-2].get(sig)
+        }
+        calls = [ToolCall(id=u.id, name=u.name, input=u.input) for u in uses if u.id not in blocked]
+
+        def started(call: ToolCall) -> None:
+            detail = ", ".join(f"{k}={str(v)[:60]!r}" for k, v in call.input.items())
+            self.progress.tool_started(call.name, detail)
+
+        outcomes = {
+            o.tool_use_id: o
+            for o in await self.toolset.execute(calls, ctx, self.approver, on_start=started)
+        }
+        results: list[ToolResultBlock] = []
+        for use in uses:
+            outcome = outcomes.get(use.id)
+            if outcome is None:
+                result = ToolResultBlock(tool_use_id=use.id, content=REPEATED.format(n=2),
+                                         is_error=True)
+                duration = 0.0
+            else:
+                result = ToolResultBlock(
+                    tool_use_id=use.id, content=outcome.content, is_error=outcome.is_error
+                )
+                duration = outcome.duration_ms
+            session.note_tool_call(use.name, use.input, result)
+            session.events.emit(
+                "tool_call",
+                tool=use.name,
+                tool_use_id=use.id,
+                duration_ms=round(duration, 3),
+                is_error=result.is_error,
+                output_chars=len(result.content),
+            )
+            results.append(result)
+        history.append(
+            {
+                sig: result.content
+                for use, sig, result in zip(uses, signatures, results, strict=True)
+                if use.id not in blocked
+            }
+        )
+        return results
+
+
+def _answer_pending(session: Session) -> None:
+    """A tool call the run never answered (interrupt, crash) gets an error result."""
+    if not session.context:
+        return
+    last = session.context[-1]
+    if last.role == "assistant" and last.tool_uses:
+        session.add(
+            Message(
+                role="user",
+                origin="tools",
+                content=[
+                    ToolResultBlock(tool_use_id=u.id, content=INTERRUPTED, is_error=True)
+                    for u in last.tool_uses
+                ],
+            )
+        )

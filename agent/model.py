@@ -1,0 +1,77 @@
+"""The `Model` protocol every provider implements, and the request/response it speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.messages import ContentBlock, Message, Usage
+
+__all__ = ["Model", "ModelRequest", "ModelResponse", "Purpose", "TextSink", "ToolSpec"]
+
+# Sent as the `X-Tidemark-Purpose` header on every request.
+Purpose = Literal["turn", "session-memory", "compact"]
+
+# Receives streamed text deltas (for live progress); may be None.
+TextSink = Callable[[str], Awaitable[None] | None]
+
+
+class ToolSpec(BaseModel):
+    """What the model sees of a tool."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    input_schema: dict[str, Any] = Field(default_factory=dict[str, Any])
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One request. A plain dataclass: building it must not revalidate a long transcript."""
+
+    system: str
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec] = ()
+    max_tokens: int = 4096
+    purpose: Purpose = "turn"
+    # Index of the last message the provider's prompt cache should mark (besides the last
+    # message), e.g. the previous request's end or a memory update's shared prefix.
+    cache_breakpoint: int | None = None
+
+
+class ModelResponse(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    content: list[ContentBlock]
+    stop_reason: str | None
+    usage: Usage
+    model: str = ""
+
+
+class Model(Protocol):
+    """A chat model with tool use. Providers: Anthropic (Messages API), local (llama.cpp)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def context_window(self) -> int: ...
+
+    async def generate(
+        self, request: ModelRequest, on_text: TextSink | None = None
+    ) -> ModelResponse:
+        """Send one request (streamed), return the whole response.
+
+        Raises `agent.errors.ModelError` when the request fails after retries.
+        """
+        ...
+
+    def estimate_tokens(self, text: str) -> int:
+        """A fast estimate of how many tokens `text` costs this model."""
+        ...
+
+    async def aclose(self) -> None: ...

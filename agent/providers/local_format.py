@@ -1,0 +1,268 @@
+"""Qwen2.5 tool-calling prompt format, output grammar and reply parsing for the local model.
+
+Everything here is pure (no model): the transcript is rendered with the chat template
+Qwen2.5 was trained on for tools (ChatML, ``<tools>`` in the system turn,
+``<tool_call>`` JSON in assistant turns, ``<tool_response>`` in user turns), the reply is
+constrained by a GBNF grammar to plain text or tool calls matching one tool's schema, and
+the reply text is parsed back into content blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.messages import (
+    ContentBlock,
+    Message,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from agent.model import ToolSpec
+
+__all__ = [
+    "END_OF_TURN",
+    "MAX_TOOL_CALLS",
+    "ParsedReply",
+    "first_sentence",
+    "parse_reply",
+    "render_prompt",
+    "render_tool_call",
+    "tool_call_grammar",
+    "tool_entry",
+]
+
+START = "<|im_start|>"
+END_OF_TURN = "<|im_end|>"
+# Qwen2.5's default system line, used when the request carries no system prompt.
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+TOOLS_PREAMBLE = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+TOOLS_POSTAMBLE = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+CALL_OPEN = "<tool_call>\n"
+CALL_CLOSE = "\n</tool_call>"
+# More calls per reply rarely help a small model and make runaway replies longer.
+MAX_TOOL_CALLS = 3
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_FENCE_RE = re.compile(r"^```(?:json)?\s*|\s*```$")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence (or first line) of a description: small models do better with less."""
+    line = text.strip().split("\n", 1)[0].strip()
+    match = _SENTENCE_END.search(line)
+    return line[: match.end()] if match else line
+
+
+def _slim_schema(schema: Any) -> Any:
+    """The schema as the prompt shows it: titles dropped, descriptions cut to one sentence."""
+    if isinstance(schema, dict):
+        slim: dict[str, Any] = {}
+        for key, value in schema.items():  # pyright: ignore[reportUnknownVariableType]
+            if key == "title" and isinstance(value, str):
+                continue
+            if key == "description" and isinstance(value, str):
+                slim[key] = first_sentence(value)
+            elif key == "properties" and isinstance(value, dict):
+                slim[key] = {
+                    str(name): _slim_schema(sub)
+                    for name, sub in value.items()  # pyright: ignore[reportUnknownVariableType]
+                }
+            else:
+                slim[str(key)] = _slim_schema(value)  # pyright: ignore[reportUnknownArgumentType]
+        return slim
+    if isinstance(schema, list):
+        return [_slim_schema(item) for item in schema]  # pyright: ignore[reportUnknownVariableType]
+    return schema
+
+
+def tool_entry(spec: ToolSpec) -> dict[str, Any]:
+    """One tool as the Qwen2.5 template lists it inside ``<tools>``."""
+    parameters = _slim_schema(spec.input_schema or {"type": "object", "properties": {}})
+    return {
+        "type": "function",
+        "function": {
+            "name": spec.name,
+            "description": first_sentence(spec.description),
+            "parameters": parameters,
+        },
+    }
+
+
+def _dumps(value: Any) -> str:
+    # The separators of Jinja's `tojson`, which the chat template uses.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _sanitize(text: str) -> str:
+    """Keep file contents from forging control tokens (prompts are tokenized with specials)."""
+    return text.replace("<|", "<\u200b|")
+
+
+def render_tool_call(name: str, arguments: dict[str, Any]) -> str:
+    return CALL_OPEN + '{"name": "' + name + '", "arguments": ' + _dumps(arguments) + "}" + CALL_CLOSE
+
+
+def _render_system(system: str, tools: Sequence[ToolSpec]) -> str:
+    text = _sanitize(system) if system else DEFAULT_SYSTEM
+    if tools:
+        text += TOOLS_PREAMBLE
+        text += "".join("\n" + _dumps(tool_entry(spec)) for spec in tools)
+        text += TOOLS_POSTAMBLE
+    return f"{START}system\n{text}{END_OF_TURN}\n"
+
+
+def _render_user(message: Message) -> str:
+    parts: list[str] = []
+    results = [b for b in message.content if isinstance(b, ToolResultBlock)]
+    if results:
+        body = "".join(
+            "\n<tool_response>\n"
+            + ("Error: " if block.is_error else "")
+            + _sanitize(block.content)
+            + "\n</tool_response>"
+            for block in results
+        )
+        parts.append(f"{START}user{body}{END_OF_TURN}\n")
+    text = message.text
+    if text or not results:
+        parts.append(f"{START}user\n{_sanitize(text)}{END_OF_TURN}\n")
+    return "".join(parts)
+
+
+def _render_assistant(message: Message) -> str:
+    text = message.text
+    calls = message.tool_uses
+    if not calls:
+        return f"{START}assistant\n{_sanitize(text)}{END_OF_TURN}\n"
+    out = f"{START}assistant"
+    if text:
+        out += "\n" + _sanitize(text)
+    out += "".join("\n" + render_tool_call(call.name, call.input) for call in calls)
+    return out + f"{END_OF_TURN}\n"
+
+
+def render_prompt(
+    system: str, messages: Iterable[Message], tools: Sequence[ToolSpec] = ()
+) -> str:
+    """The whole prompt, ending with the assistant's generation prompt.
+
+    Byte-identical to Qwen2.5's embedded chat template for the same conversation, so the
+    model sees what it was trained on, and append-only for a growing transcript, so
+    llama.cpp reuses the KV cache of the shared prefix.
+    """
+    out = [_render_system(system, tools)]
+    for message in messages:
+        out.append(_render_user(message) if message.role == "user" else _render_assistant(message))
+    out.append(f"{START}assistant\n")
+    return "".join(out)
+
+
+def tool_call_grammar(tools: Sequence[ToolSpec]) -> str:
+    """GBNF: the reply is plain text, or 1-3 ``<tool_call>`` blocks each matching one tool.
+
+    Text may not start with ``<``, so the first character tells which kind of reply it is.
+    Needs `llama_cpp` (its JSON-schema converter is pure Python).
+    """
+    from llama_cpp.llama_grammar import SchemaConverter  # pyright: ignore[reportMissingTypeStubs]
+
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    alternatives: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": spec.name},
+                "arguments": spec.input_schema or {"type": "object", "properties": {}},
+            },
+            "required": ["name", "arguments"],
+        }
+        for spec in tools
+    ]
+    schema = converter.resolve_refs({"oneOf": alternatives}, "tools")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    converter.visit(schema, "call")  # pyright: ignore[reportUnknownMemberType]
+    rules: str = converter.format_grammar()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    optional_calls = ""
+    for _ in range(MAX_TOOL_CALLS - 1):
+        optional_calls = f'("\\n" tool-call {optional_calls})?'
+    head = (
+        "root ::= tool-calls | text\n"
+        f"tool-calls ::= tool-call {optional_calls}\n"
+        'tool-call ::= "<tool_call>\\n" call "\\n</tool_call>"\n'
+        "text ::= [^<\\x00] [^\\x00]*\n"
+    )
+    return head + rules + "\n"
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    content: list[ContentBlock]
+    malformed_calls: int = 0
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return any(isinstance(b, ToolUseBlock) for b in self.content)
+
+
+def _parse_call(raw: str, names: set[str]) -> tuple[str, dict[str, Any]] | None:
+    raw = _FENCE_RE.sub("", raw.strip())
+    try:
+        data: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        # A reply cut by max_tokens, or a stray trailing brace: retry on the widest object.
+        start, end = raw.find("{"), raw.rfind("}")
+        if start < 0 or end <= start:
+            return None
+        try:
+            data = json.loads(raw[start : end + 1])
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(data, dict):
+        return None
+    name: Any = data.get("name")  # pyright: ignore[reportUnknownMemberType]
+    arguments: Any = data.get("arguments", data.get("parameters", {}))  # pyright: ignore[reportUnknownMemberType]
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(name, str) or name not in names or not isinstance(arguments, dict):
+        return None
+    return name, {str(k): v for k, v in arguments.items()}  # pyright: ignore[reportUnknownVariableType]
+
+
+def parse_reply(text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ParsedReply:
+    """Split a reply into text and tool-use blocks.
+
+    Calls that do not parse, or name an unknown tool, stay in the text (and are counted),
+    so the model sees what it wrote rather than a silently dropped call.
+    """
+    names = {spec.name for spec in tools}
+    content: list[ContentBlock] = []
+    kept_text: list[str] = []
+    malformed = 0
+    position = 0
+    for match in _CALL_RE.finditer(text):
+        call = _parse_call(match.group(1), names) if names else None
+        if call is None:
+            malformed += 1 if names else 0
+            continue
+        kept_text.append(text[position : match.start()])
+        position = match.end()
+        content.append(ToolUseBlock(id=new_id(), name=call[0], input=call[1]))
+    kept_text.append(text[position:])
+    prose = "".join(kept_text).strip()
+    if prose:
+        content.insert(0, TextBlock(text=prose))
+    return ParsedReply(content=content, malformed_calls=malformed)

@@ -1,0 +1,299 @@
+"""A session: transcript, context, memory and the task group its background updates run in."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from agent.boundaries import last_safe_boundary
+from agent.compaction import (
+    CompactionBudget,
+    CompactionResult,
+    clear_tool_results,
+    compact_with_memory,
+    full_summary,
+)
+from agent.config import Settings
+from agent.events import EventLog
+from agent.memory import MemoryDocument, MemoryStore, RuntimeRecord
+from agent.messages import Message, ToolResultBlock, Usage
+from agent.model import Model, ModelRequest, ToolSpec
+from agent.progress import Progress
+from agent.tokens import TokenCounter
+from agent.transcript import SessionPaths, TranscriptState, TranscriptWriter
+from agent.updater import MemoryUpdater, Snapshot, UpdatePolicy
+
+__all__ = ["Session"]
+
+_READS = {"read_file"}
+_WRITES = {"write_file", "edit_file"}
+
+
+class Session:
+    """Owns one session's state. The turn loop appends; updates and compaction read it."""
+
+    def __init__(
+        self,
+        *,
+        paths: SessionPaths,
+        model: Model,
+        settings: Settings,
+        system: str,
+        tools: Sequence[ToolSpec],
+        progress: Progress,
+        restored: TranscriptState | None = None,
+    ) -> None:
+        self.paths = paths
+        self.model = model
+        self.settings = settings
+        self.system = system
+        self.tools = list(tools)
+        self.progress = progress
+        self.events = EventLog(paths.session_id, paths.events)
+        self.counter = TokenCounter(model.estimate_tokens)
+        self.preamble_tokens = self.counter.preamble(system, self.tools)
+        self.transcript: list[Message] = []
+        self.positions: dict[str, int] = {}
+        self.cumulative: list[int] = []  # transcript tokens up to and including each message
+        self.context: list[Message] = []
+        self.record = RuntimeRecord()
+        self.compactions = 0
+        self._anchor: tuple[int, int] | None = None  # (usage tokens, context length then)
+        self._tg: TaskGroup | None = None
+        self.store = MemoryStore(paths.memory)
+        self.updater = MemoryUpdater(
+            model=model,
+            settings=settings,
+            store=self.store,
+            events=self.events,
+            counter=self.counter,
+            system=system,
+            tools=self.tools,
+            record=self.record,
+            on_commit=self._committed,
+        )
+        self.policy = UpdatePolicy(
+            init_tokens=settings.memory_init_tokens,
+            update_tokens=settings.memory_update_tokens,
+            tool_calls=settings.memory_tool_calls,
+        )
+        self._writer = TranscriptWriter(paths.transcript)
+        if restored is not None:
+            self._restore(restored)
+
+    # -- transcript and context -------------------------------------------------------
+
+    def add(self, message: Message) -> None:
+        """Append to transcript (on disk first) and context."""
+        self._writer.message(message)
+        self._index(message)
+        self.context.append(message)
+        if message.is_users_own:
+            self.record.user_messages.append(message.text)
+
+    def _index(self, message: Message) -> None:
+        self.positions[message.id] = len(self.transcript)
+        self.transcript.append(message)
+        previous = self.cumulative[-1] if self.cumulative else 0
+        self.cumulative.append(previous + self.counter.message(message))
+
+    @property
+    def transcript_tokens(self) -> int:
+        return self.cumulative[-1] if self.cumulative else 0
+
+    def note_usage(self, usage: Usage) -> None:
+        """The latest response's usage anchors the context size (the rest is estimated)."""
+        self._anchor = (usage.context_tokens, len(self.context))
+
+    def context_tokens(self) -> int:
+        """Estimated input tokens of the next request."""
+        if self._anchor is not None and self._anchor[1] <= len(self.context):
+            tokens, length = self._anchor
+            return tokens + self.counter.messages(self.context[length:])
+        return self.preamble_tokens + self.counter.messages(self.context)
+
+    def note_tool_call(self, name: str, tool_input: dict[str, Any], result: ToolResultBlock) -> None:
+        self.policy.tool_calls_since += 1
+        path = tool_input.get("path")
+        if isinstance(path, str) and not result.is_error and name in _READS | _WRITES:
+            self.record.note_file(path, modified=name in _WRITES)
+        if result.is_error:
+            self.record.last_error = f"{name}: {result.content[:300]}"
+
+    def request(self, max_tokens: int) -> ModelRequest:
+        previous_end = next(
+            (i - 1 for i in range(len(self.context) - 1, 0, -1)
+             if self.context[i].role == "assistant"),
+            None,
+        )
+        return ModelRequest(
+            system=self.system,
+            messages=list(self.context),
+            tools=self.tools,
+            max_tokens=max_tokens,
+            purpose="turn",
+            cache_breakpoint=previous_end,
+        )
+
+    # -- memory updates -----------------------------------------------------------------
+
+    def bind(self, tg: TaskGroup) -> None:
+        self._tg = tg
+
+    def memory_lag_tokens(self) -> int:
+        covers = self.updater.document.covers_message_id
+        position = self.positions.get(covers) if covers else None
+        covered = self.cumulative[position] if position is not None else 0
+        return self.transcript_tokens - covered
+
+    def schedule_update(self, *, paused: bool) -> None:
+        """After a turn: start a background update when the policy says it is due."""
+        if self.updater.running or self._tg is None:
+            return
+        if self.policy.due(
+            context_tokens=self.context_tokens(),
+            transcript_tokens=self.transcript_tokens,
+            paused=paused,
+        ):
+            self._start_update()
+
+    def _start_update(self) -> None:
+        assert self._tg is not None
+        j = last_safe_boundary(self.context)
+        if j is None or self.context[j].id not in self.positions:
+            return
+        boundary = self.context[j]
+        position = self.positions[boundary.id]
+        covers = self.updater.document.covers_message_id
+        covered = self.positions.get(covers, -1) if covers else -1
+        if position <= covered:
+            return
+        snapshot = Snapshot(
+            messages=self.context[: j + 1],
+            boundary_id=boundary.id,
+            boundary_index=position,
+            from_message_id=self.transcript[covered + 1].id,
+            context_tokens=self.context_tokens(),
+            lag_tokens=self.memory_lag_tokens(),
+        )
+        self.policy.taken(self.cumulative[position])
+        update = self.updater.begin()
+        self.progress.memory_state("updating")
+        self._tg.start_soon(self._run_update, update, snapshot)
+
+    async def _run_update(self, update: int, snapshot: Snapshot) -> None:
+        await self.updater.run(update, snapshot)
+        self.progress.memory_state("idle")
+        if self.policy.behind(self.transcript_tokens) and not self.updater.running:
+            self._start_update()  # the session outran the memory: keep up
+
+    def _committed(self, document: MemoryDocument, snapshot: Snapshot) -> None:
+        self.events.emit(
+            "summary_boundary",
+            message_id=snapshot.boundary_id,
+            message_index=snapshot.boundary_index,
+            context_tokens=snapshot.context_tokens,
+            memory_lag_tokens=self.memory_lag_tokens(),
+        )
+
+    # -- compaction ------------------------------------------------------------------------
+
+    def budget(self) -> CompactionBudget:
+        s = self.settings
+        return CompactionBudget(
+            target=s.compaction_target,
+            limit=s.context_window - s.max_output_tokens,
+            preamble=self.preamble_tokens,
+            tail_min=s.tail_min_tokens,
+            tail_max=s.tail_max_tokens,
+        )
+
+    async def compact_if_needed(self, *, force: bool = False) -> CompactionResult | None:
+        """Shrink the context when the next request would pass --compact-at."""
+        pre = self.context_tokens()
+        if pre <= self.settings.compaction_threshold and not force:
+            return None
+        started = anyio.current_time()
+        waited = await self.updater.wait_idle(self.settings.compaction_wait_ms / 1000)
+        budget = self.budget()
+        result = self._instant(budget)
+        if result is None:
+            self.progress.notice(
+                "compacting: no session memory fits; asking the model for a full summary "
+                "(this blocks)"
+            )
+            result = await full_summary(
+                self.context,
+                self.transcript,
+                self.positions,
+                model=self.model,
+                system=self.system,
+                tools=self.tools,
+                max_tokens=self.settings.memory_update_output_tokens,
+                counter=self.counter,
+                budget=budget,
+            )
+        elif result.strategy == "tool_result_clearing" and result.tool_results_cleared == 0:
+            return None  # nothing to clear and the context still fits the window
+        self.context = result.context
+        self._anchor = None
+        self.compactions += 1
+        self._writer.context(self.context, result.summary)
+        self.events.emit(
+            "compaction",
+            strategy=result.strategy,
+            pre_tokens=pre,
+            post_tokens=result.post_tokens,
+            messages_dropped=result.messages_dropped,
+            messages_kept=result.messages_kept,
+            boundary_message_id=result.boundary_message_id,
+            duration_ms=round((anyio.current_time() - started) * 1000, 3),
+            waited_for_update_ms=round(waited, 3),
+            tool_results_cleared=result.tool_results_cleared,
+            memory_lag_tokens=self.memory_lag_tokens(),
+            threshold=self.settings.compaction_threshold,
+        )
+        self.progress.notice(
+            f"compacted ({result.strategy}): {pre:,} -> {result.post_tokens:,} tokens"
+        )
+        return result
+
+    def _instant(self, budget: CompactionBudget) -> CompactionResult | None:
+        document = self.updater.document
+        if not document.is_empty and document.covers_message_id in self.positions:
+            result = compact_with_memory(
+                self.context,
+                self.transcript,
+                self.positions,
+                memory_text=document.render(self.record),
+                covers_message_id=document.covers_message_id or "",
+                counter=self.counter,
+                budget=budget,
+            )
+            if result is not None and result.post_tokens <= budget.limit:
+                return result
+        result = clear_tool_results(self.context, counter=self.counter, budget=budget)
+        return result if result.post_tokens <= budget.limit else None
+
+    # -- resume and close --------------------------------------------------------------------
+
+    def _restore(self, state: TranscriptState) -> None:
+        for message in state.messages:
+            self._index(message)
+            if message.is_users_own:
+                self.record.user_messages.append(message.text)
+        self.context = list(state.context)
+        self.compactions = state.compactions
+        document = self.updater.document
+        if document.covers_message_id in self.positions:
+            self.policy.initialized = True
+            self.policy.snapshot_tokens = self.cumulative[
+                self.positions[document.covers_message_id or ""]
+            ]
+
+    def close(self) -> None:
+        self._writer.close()
+        self.events.close()

@@ -1,0 +1,163 @@
+"""The session's files and the append-only transcript: writing it, and rebuilding from it.
+
+transcript.jsonl holds two kinds of records, one per line:
+    {"type": "message", "message": {...}}              every message, as it happens
+    {"type": "context", "summary": {...} | null,        after each compaction: what the
+     "message_ids": [...], "tombstones": {id: text}}    context became
+Resume replays them: all messages form the transcript; the context is the last `context`
+record (summary + listed messages, tombstones applied) plus every message after it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agent.errors import WorkspaceError
+from agent.messages import Message, ToolResultBlock
+from agent.storage import JsonlAppender, read_jsonl
+
+__all__ = [
+    "SessionPaths",
+    "TranscriptState",
+    "TranscriptWriter",
+    "list_sessions",
+    "load_transcript",
+]
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class SessionPaths:
+    workspace: Path
+    session_id: str
+
+    @property
+    def root(self) -> Path:
+        return self.workspace / ".tidemark" / "sessions" / self.session_id
+
+    @property
+    def memory(self) -> Path:
+        return self.root / "session-memory.md"
+
+    @property
+    def transcript(self) -> Path:
+        return self.root / "transcript.jsonl"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def processes(self) -> Path:
+        return self.root / "processes.json"
+
+    @classmethod
+    def create(cls, workspace: Path) -> SessionPaths:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        paths = cls(workspace, f"{stamp}-{secrets.token_hex(3)}")
+        paths.root.mkdir(parents=True, exist_ok=False)
+        return paths
+
+    @classmethod
+    def find(cls, workspace: Path, session_id: str | None) -> SessionPaths:
+        """The named session, or the latest one; WorkspaceError (one line) if none."""
+        sessions = list_sessions(workspace)
+        if session_id is None:
+            if not sessions:
+                raise WorkspaceError(
+                    f"no tidemark session in {workspace}: start one with `tidemark run TASK`"
+                )
+            return sessions[-1]
+        if not _ID_RE.match(session_id) or not (cls(workspace, session_id).root.is_dir()):
+            known = ", ".join(s.session_id for s in sessions[-3:]) or "none"
+            raise WorkspaceError(
+                f"unknown session {session_id!r} in {workspace} (latest: {known}); "
+                "list them with `tidemark inspect --list`"
+            )
+        return cls(workspace, session_id)
+
+
+def list_sessions(workspace: Path) -> list[SessionPaths]:
+    """Sessions in the workspace, oldest first (ids start with their UTC start time)."""
+    base = workspace / ".tidemark" / "sessions"
+    if not base.is_dir():
+        return []
+    return [SessionPaths(workspace, p.name) for p in sorted(base.iterdir()) if p.is_dir()]
+
+
+class TranscriptWriter:
+    def __init__(self, path: Path) -> None:
+        self._out = JsonlAppender(path)
+
+    def message(self, message: Message) -> None:
+        self._out.append({"type": "message", "message": message.model_dump(mode="json")})
+
+    def context(self, context: Sequence[Message], summary: Message | None) -> None:
+        tombstones = {
+            b.tool_use_id: b.content for m in context for b in m.tool_results if b.tombstoned
+        }
+        self._out.append(
+            {
+                "type": "context",
+                "summary": summary.model_dump(mode="json") if summary else None,
+                "message_ids": [m.id for m in context if summary is None or m.id != summary.id],
+                "tombstones": tombstones,
+            }
+        )
+
+    def close(self) -> None:
+        self._out.close()
+
+
+@dataclass
+class TranscriptState:
+    messages: list[Message] = field(default_factory=list[Message])
+    context: list[Message] = field(default_factory=list[Message])
+    compactions: int = 0
+
+
+def load_transcript(path: Path) -> TranscriptState:
+    """Rebuild transcript and context; damaged lines are skipped with a warning."""
+    state = TranscriptState()
+    by_id: dict[str, Message] = {}
+    for record in read_jsonl(path):
+        try:
+            if record.get("type") == "message":
+                message = Message.model_validate(record["message"])
+                state.messages.append(message)
+                by_id[message.id] = message
+                state.context.append(message)
+            elif record.get("type") == "context":
+                summary_raw = record.get("summary")
+                tombstones: dict[str, str] = record.get("tombstones") or {}
+                context: list[Message] = []
+                if summary_raw:
+                    context.append(Message.model_validate(summary_raw))
+                for message_id in record.get("message_ids") or []:
+                    if message_id in by_id:
+                        context.append(_apply_tombstones(by_id[message_id], tombstones))
+                state.context = context
+                state.compactions += 1
+        except (ValidationError, KeyError, TypeError):
+            continue
+    return state
+
+
+def _apply_tombstones(message: Message, tombstones: dict[str, str]) -> Message:
+    if not tombstones or not message.tool_results:
+        return message
+    blocks = [
+        b.model_copy(update={"content": tombstones[b.tool_use_id], "tombstoned": True})
+        if isinstance(b, ToolResultBlock) and b.tool_use_id in tombstones
+        else b
+        for b in message.content
+    ]
+    return message.model_copy(update={"content": blocks})

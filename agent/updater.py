@@ -1,0 +1,210 @@
+"""Background memory updates: when one is due, and running it in the session's task group.
+
+The policy mirrors Claude Code's sessionMemory: nothing until the context reaches
+``memory_init_tokens``; then an update when the transcript grew by ``memory_update_tokens``
+since the last update's snapshot and either ``memory_tool_calls`` tool calls happened or the
+model paused (its last message called no tool). Growth is counted on the whole transcript,
+which compaction never shrinks, so there is no stale baseline after a compaction. When the
+session keeps growing while an update runs, the next one starts as soon as it commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from agent.config import Settings
+from agent.errors import ModelError
+from agent.events import EventLog
+from agent.memory import (
+    MemoryDocument,
+    MemoryError,
+    MemoryStore,
+    RuntimeRecord,
+    describe_rules,
+    merge_update,
+    validate_document,
+)
+from agent.messages import Message, TextBlock
+from agent.model import Model, ModelRequest, ToolSpec
+from agent.tokens import TokenCounter
+
+__all__ = ["MemoryUpdater", "Snapshot", "UpdatePolicy"]
+
+UPDATE_INSTRUCTION = """\
+<tidemark-session-memory-update>
+Do not continue the task and do not call tools. Your only job now: update the session memory \
+(notes that will replace the conversation above when the context is compacted) so that it \
+covers everything above.
+
+Current memory:
+<current-memory>
+{memory}
+</current-memory>
+
+{rules}
+
+Subsections marked "(kept by tidemark)" are maintained by the runtime: do not write them.
+Write "# Current State" as three short lists: Done, In progress, Next.
+
+Reply with ONLY the sections that changed: each one starts with its exact heading line \
+(e.g. `# Current State`), followed by its complete new content (the italic description line \
+may be left out). Leave unchanged sections out. Keep it short: every word you write costs time.
+</tidemark-session-memory-update>"""
+
+
+@dataclass
+class UpdatePolicy:
+    init_tokens: int
+    update_tokens: int
+    tool_calls: int
+    snapshot_tokens: int = 0  # transcript tokens covered by the last update's snapshot
+    tool_calls_since: int = 0
+    initialized: bool = False
+
+    def due(self, *, context_tokens: int, transcript_tokens: int, paused: bool) -> bool:
+        if not self.initialized:
+            if context_tokens < self.init_tokens:
+                return False
+            self.initialized = True
+        grown = transcript_tokens - self.snapshot_tokens
+        return grown >= self.update_tokens and (self.tool_calls_since >= self.tool_calls or paused)
+
+    def behind(self, transcript_tokens: int) -> bool:
+        """True when the session outran the memory enough to start the next update now."""
+        return self.initialized and transcript_tokens - self.snapshot_tokens >= self.update_tokens
+
+    def taken(self, transcript_tokens: int) -> None:
+        self.snapshot_tokens = transcript_tokens
+        self.tool_calls_since = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What an update summarizes: a context prefix ending at a safe boundary."""
+
+    messages: Sequence[Message]
+    boundary_id: str
+    boundary_index: int  # position of the boundary message in the transcript
+    from_message_id: str | None  # first message not covered before this update
+    context_tokens: int
+    lag_tokens: int  # transcript tokens not covered by memory when the update starts
+
+
+class MemoryUpdater:
+    """Runs one update at a time; commits atomically; never touches the turn loop."""
+
+    def __init__(
+        self,
+        *,
+        model: Model,
+        settings: Settings,
+        store: MemoryStore,
+        events: EventLog,
+        counter: TokenCounter,
+        system: str,
+        tools: Sequence[ToolSpec],
+        record: RuntimeRecord,
+        on_commit: Callable[[MemoryDocument, Snapshot], None],
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        self.store = store
+        self.events = events
+        self.counter = counter
+        self.system = system
+        self.tools = tools
+        self.record = record
+        self.on_commit = on_commit
+        self.document = store.load() or MemoryDocument.empty()
+        self.updates = self.document.update
+        self.running = False
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> float:
+        """Wait up to `timeout_s` for the update in flight; returns the ms waited."""
+        if not self.running or timeout_s <= 0:
+            return 0.0
+        started = anyio.current_time()
+        with anyio.move_on_after(timeout_s):
+            await self._idle.wait()
+        return (anyio.current_time() - started) * 1000
+
+    def begin(self) -> int:
+        """Mark an update as running (synchronously, so no second one starts)."""
+        self.running = True
+        self._idle = anyio.Event()
+        self.updates += 1
+        return self.updates
+
+    async def run(self, update: int, snapshot: Snapshot) -> None:
+        started = anyio.current_time()
+        self.events.emit(
+            "memory_update_started",
+            update=update,
+            from_message_id=snapshot.from_message_id,
+            to_message_id=snapshot.boundary_id,
+            context_tokens=snapshot.context_tokens,
+            lag_tokens=snapshot.lag_tokens,
+        )
+        try:
+            try:
+                document = await self._ask(snapshot, update)
+            except (MemoryError, ModelError) as exc:
+                self.events.emit("memory_update_failed", update=update, error=str(exc))
+                return
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    self.events.emit(
+                        "memory_update_failed", update=update, error="cancelled: session ended"
+                    )
+                raise
+            with anyio.CancelScope(shield=True):
+                text = self.store.save(document, self.record)
+                self.document = document
+                self.events.emit(
+                    "memory_update_committed",
+                    update=update,
+                    duration_ms=round((anyio.current_time() - started) * 1000, 3),
+                    memory_tokens=self.counter.estimate(text),
+                    covers_message_id=snapshot.boundary_id,
+                )
+                self.on_commit(document, snapshot)
+        finally:
+            self.running = False
+            self._idle.set()
+
+    async def _ask(self, snapshot: Snapshot, update: int) -> MemoryDocument:
+        instruction = UPDATE_INSTRUCTION.format(
+            memory=self.document.render(self.record).strip(),
+            rules=describe_rules(
+                self.settings.memory_max_tokens, self.settings.memory_section_tokens
+            ),
+        )
+        request = ModelRequest(
+            system=self.system,
+            messages=[*snapshot.messages, Message.user_text(instruction, origin="runtime")],
+            tools=self.tools,
+            max_tokens=self.settings.memory_update_output_tokens,
+            purpose="session-memory",
+            cache_breakpoint=len(snapshot.messages) - 1,
+        )
+        response = await self.model.generate(request)
+        reply = "\n".join(b.text for b in response.content if isinstance(b, TextBlock))
+        if response.stop_reason == "max_tokens":
+            raise MemoryError("the update was cut off at the output limit")
+        if not reply.strip():
+            raise MemoryError("the update is empty")
+        sections = merge_update(self.document, reply)
+        validate_document(
+            sections,
+            estimate=self.counter.estimate,
+            max_tokens=self.settings.memory_max_tokens,
+            section_tokens=self.settings.memory_section_tokens,
+        )
+        return MemoryDocument(
+            sections=sections, covers_message_id=snapshot.boundary_id, update=update
+        )
