@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agent.messages import (
     ContentBlock,
@@ -28,8 +28,10 @@ __all__ = [
     "END_OF_TURN",
     "MAX_TOOL_CALLS",
     "ParsedReply",
+    "ReplyKind",
     "first_sentence",
     "parse_reply",
+    "reply_kind",
     "render_prompt",
     "render_tool_call",
     "tool_call_grammar",
@@ -171,10 +173,11 @@ def render_prompt(
 
 
 def tool_call_grammar(tools: Sequence[ToolSpec]) -> str:
-    """GBNF: the reply is plain text, or 1-3 ``<tool_call>`` blocks each matching one tool.
+    """GBNF for the rest of a reply after its opening ``<tool_call>\\n``.
 
-    Text may not start with ``<``, so the first character tells which kind of reply it is.
-    Needs `llama_cpp` (its JSON-schema converter is pure Python).
+    One call matching one tool's schema, then up to two more, then the end of the turn
+    (a finished grammar only admits the end-of-turn token). Needs `llama_cpp` (its
+    JSON-schema converter is pure Python).
     """
     from llama_cpp.llama_grammar import SchemaConverter  # pyright: ignore[reportMissingTypeStubs]
 
@@ -193,16 +196,43 @@ def tool_call_grammar(tools: Sequence[ToolSpec]) -> str:
     schema = converter.resolve_refs({"oneOf": alternatives}, "tools")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
     converter.visit(schema, "call")  # pyright: ignore[reportUnknownMemberType]
     rules: str = converter.format_grammar()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-    optional_calls = ""
+    more_calls = ""
     for _ in range(MAX_TOOL_CALLS - 1):
-        optional_calls = f'("\\n" tool-call {optional_calls})?'
-    head = (
-        "root ::= tool-calls | text\n"
-        f"tool-calls ::= tool-call {optional_calls}\n"
-        'tool-call ::= "<tool_call>\\n" call "\\n</tool_call>"\n'
-        "text ::= [^<\\x00] [^\\x00]*\n"
-    )
-    return head + rules + "\n"
+        more_calls = f'("\\n<tool_call>\\n" call "\\n</tool_call>" {more_calls})?'
+    return f'root ::= call "\\n</tool_call>" {more_calls}\n' + rules + "\n"
+
+
+ReplyKind = Literal["calls", "text"]
+_FENCE_TAGS = ("", "json", "tool_call", "xml")
+
+
+def reply_kind(head: str) -> ReplyKind | None:
+    """Whether a reply that starts with `head` is a tool call or prose (None: not yet known).
+
+    Small models often write a call as bare or fenced JSON instead of ``<tool_call>``;
+    such a start is taken as a call, and the call itself is then generated under the
+    grammar, so it always parses.
+    """
+    text = head.lstrip()
+    if not text:
+        return None
+    if text.startswith("<"):
+        if text.startswith(CALL_OPEN.strip()):
+            return "calls"
+        return None if CALL_OPEN.strip().startswith(text) else "text"
+    if text.startswith("{"):
+        return "calls"
+    if not text.startswith("`"):
+        return "text"
+    if "\n" not in text:
+        return None if len(text) < 16 and "```".startswith(text[:3]) else "text"
+    fence, rest = text.split("\n", 1)
+    if not fence.startswith("```") or fence[3:].strip().lower() not in _FENCE_TAGS:
+        return "text"
+    rest = rest.lstrip()
+    if not rest:
+        return None
+    return reply_kind(rest) if rest[0] in "{<" else "text"
 
 
 @dataclass(frozen=True)
@@ -243,7 +273,7 @@ def _parse_call(raw: str, names: set[str]) -> tuple[str, dict[str, Any]] | None:
 
 
 def parse_reply(text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ParsedReply:
-    """Split a reply into text and tool-use blocks.
+    """Split a reply into text and tool-use blocks (``<tool_call>`` tags, or fenced/bare JSON).
 
     Calls that do not parse, or name an unknown tool, stay in the text (and are counted),
     so the model sees what it wrote rather than a silently dropped call.

@@ -1,0 +1,124 @@
+"""A scripted long coding session: a workspace with real files and the model's side of it.
+
+Used by the end-to-end tests and the benchmarks, so every strategy runs the same session:
+the model lists and greps the repository, reads many files (some in parallel), edits a
+bug, runs the tests with bash, and finishes. Tool outputs have realistic sizes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.fakeapi import RecordedRequest, Reply, Script, text, tool_calls
+
+__all__ = ["LongSession", "memory_reply", "write_repository"]
+
+_MODULE = '''"""Module {n}: helpers for the inventory service (part {n})."""
+
+
+def price_{n}(quantity: int, unit: float) -> float:
+    """Total price of {{quantity}} items at {{unit}} each, with the bulk discount."""
+    total = quantity * unit
+    if quantity > 100:
+        total *= 0.9
+    return round(total, 2)
+
+'''
+
+
+def write_repository(root: Path, files: int, lines_per_file: int) -> list[str]:
+    """A small Python project: `files` modules of about `lines_per_file` lines, a bug, a test."""
+    names: list[str] = []
+    pkg = root / "inventory"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    for n in range(files):
+        body = [_MODULE.format(n=n)]
+        for k in range(max(0, lines_per_file - 12) // 6):
+            body.append(
+                f"def helper_{n}_{k}(values: list[int]) -> int:\n"
+                f"    # Sum of the values above {k}, used by report {n}.\n"
+                f"    return sum(v for v in values if v > {k})\n\n\n"
+            )
+        name = f"inventory/module_{n:02d}.py"
+        (root / name).write_text("".join(body))
+        names.append(name)
+    (root / "inventory" / "stock.py").write_text(
+        "def restock(level: int, amount: int) -> int:\n    return level - amount  # bug\n"
+    )
+    (root / "test_stock.py").write_text(
+        "from inventory.stock import restock\n\n\n"
+        "def test_restock_adds():\n    assert restock(5, 3) == 8\n"
+    )
+    return names
+
+
+@dataclass
+class LongSession:
+    """The model's side of the session: `reads` file-reading turns, then the fix."""
+
+    files: list[str]
+    reads: int = 60
+    parallel_every: int = 5
+
+    def turns(self) -> list[Reply]:
+        turns: list[Reply] = [
+            tool_calls(("list_files", {"path": "."}), text="Let me look at the repository."),
+            tool_calls(("grep", {"pattern": "def restock", "path": "."})),
+        ]
+        for i in range(self.reads):
+            path = self.files[i % len(self.files)]
+            if self.parallel_every and i % self.parallel_every == self.parallel_every - 1:
+                other = self.files[(i + 7) % len(self.files)]
+                turns.append(
+                    tool_calls(
+                        ("read_file", {"path": path}),
+                        ("read_file", {"path": other}),
+                        text=f"Reading {path} and {other} together.",
+                    )
+                )
+            else:
+                turns.append(tool_calls(("read_file", {"path": path})))
+        turns += [
+            tool_calls(("read_file", {"path": "inventory/stock.py"})),
+            tool_calls(
+                (
+                    "edit_file",
+                    {
+                        "path": "inventory/stock.py",
+                        "old_string": "level - amount  # bug",
+                        "new_string": "level + amount",
+                    },
+                ),
+                text="The bug: restock subtracts. Fixing it.",
+            ),
+            tool_calls(("bash", {"command": "python -m pytest -q test_stock.py 2>&1 | tail -3"})),
+            text("Fixed `restock` in inventory/stock.py (it subtracted); test_stock.py passes."),
+        ]
+        return turns
+
+    def script(self, **kwargs: Any) -> Script:
+        return Script(self.turns(), memory=memory_reply, **kwargs)
+
+
+_PATH_RE = re.compile(r'"path":\s*"([^"]+)"')
+
+
+def memory_reply(request: RecordedRequest, output_tokens: int | None = None) -> Reply:
+    """A model's short memory update: only the sections that changed."""
+    body = request.body
+    seen = sorted(set(_PATH_RE.findall(str(body.get("messages", [])).replace("'", '"'))))
+    listed = ", ".join(seen[-12:]) or "none yet"
+    update = (
+        "# Session Title\nFix the restock bug in the inventory service\n\n"
+        "# Current State\n"
+        f"- Done: read {len(seen)} files ({listed}).\n"
+        "- In progress: looking for the restock bug.\n"
+        "- Next: fix inventory/stock.py and run test_stock.py.\n\n"
+        "# Worklog\n"
+        f"- Read {len(seen)} files so far.\n"
+    )
+    return text(update, output_tokens=output_tokens)
