@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 
 from agent.messages import Message, ToolResultBlock, ToolUseBlock
+from agent.tokens import message_text
 
 __all__ = [
     "is_safe_cut",
@@ -141,6 +142,9 @@ def tombstone_tool_results(
         if message.role != "user" or not message.tool_results:
             continue
         blocks = list(message.content)
+        # Savings are measured on the whole message, as TokenCounter counts it: per-block
+        # estimates round differently and would report more freed than the recount finds.
+        size = estimate(message_text(message))
         changed = False
         for k, block in enumerate(blocks):
             if freed >= tokens_to_free:
@@ -148,10 +152,13 @@ def tombstone_tool_results(
             if not isinstance(block, ToolResultBlock) or block.tombstoned:
                 continue
             text = tombstone_text(uses.get(block.tool_use_id), block)
-            saved = estimate(block.content) - estimate(text)
+            trial = list(blocks)
+            trial[k] = block.model_copy(update={"content": text, "tombstoned": True})
+            new_size = estimate(message_text(message.model_copy(update={"content": trial})))
+            saved = size - new_size
             if saved <= 0:
                 continue
-            blocks[k] = block.model_copy(update={"content": text, "tombstoned": True})
+            blocks, size = trial, new_size
             freed += saved
             cleared += 1
             changed = True

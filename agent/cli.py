@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, cast
 
 import anyio
 import structlog
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from agent.config import Settings
 from agent.errors import ConfigError, TidemarkError, WorkspaceError
 from agent.loop import Agent, RunResult
-from agent.progress import PlainProgress, Progress
+from agent.progress import Progress
 from agent.providers import ProviderName, default_provider, make_model
 
 __all__ = ["main"]
@@ -162,12 +162,15 @@ def _progress() -> Progress:
     return make_progress(sys.stderr)
 
 
-async def _run(args: argparse.Namespace) -> RunResult:
-    workspace = Path(args.workspace).expanduser()
+def _check_workspace(raw: str) -> None:
+    workspace = Path(raw).expanduser()
     if not workspace.is_dir():
         raise WorkspaceError(
             f"workspace {workspace} does not exist: create it or pass --workspace DIR"
         )
+
+
+async def _run(args: argparse.Namespace) -> RunResult:
     provider: ProviderName = args.provider or default_provider()
     settings = _settings(args, provider)
     extra_tools = _load_tools(args.tools)
@@ -219,8 +222,9 @@ async def _main_async(args: argparse.Namespace) -> int:
         return 0
     if result.final_text:
         print(result.final_text)
-    print(f"tidemark: session {result.session_id} finished in {result.turns} turns",
-          file=sys.stderr)
+    print(
+        f"tidemark: session {result.session_id} finished in {result.turns} turns", file=sys.stderr
+    )
     return 0
 
 
@@ -229,8 +233,8 @@ def _tidemark_error(exc: BaseException) -> TidemarkError | None:
     if isinstance(exc, TidemarkError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:  # pyright: ignore[reportUnknownVariableType]
-            found = _tidemark_error(inner)  # pyright: ignore[reportUnknownArgumentType]
+        for inner in cast("tuple[BaseException, ...]", exc.exceptions):
+            found = _tidemark_error(inner)
             if found is not None:
                 return found
     return None
@@ -253,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_file = Path(args.log_json).open("a", encoding="utf-8")  # noqa: SIM115
             except OSError as exc:
                 raise ConfigError(f"--log-json {args.log_json}: {exc.strerror}") from None
+        _check_workspace(args.workspace)
         _configure_logging(log_file)
         return anyio.run(_main_async, args)
     except (TidemarkError, BaseExceptionGroup) as exc:

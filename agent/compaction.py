@@ -104,17 +104,29 @@ def compact_with_memory(
         # The context starts after a gap the memory does not cover (an earlier full
         # summary dropped it): using the memory would lose that summary.
         return None
-    first_uncovered = next(
-        (i for i, m in enumerate(real) if positions[m.id] > covers), len(real)
-    )
+    first_uncovered = next((i for i, m in enumerate(real) if positions[m.id] > covers), len(real))
+    latest = latest_results_index(real)
+    if latest < len(real):
+        # The latest turn's tool results stay verbatim even when memory already covers them.
+        first_uncovered = min(first_uncovered, latest - 1)
     tokens = counter.each(real)
+    # The cap yields to the target: the tail may only grow into what the memory leaves of
+    # it. The summary is largest when the tail starts at the first uncovered message (it
+    # then quotes the most user messages), so that size bounds every choice of start.
+    uncovered_position = (
+        positions[real[first_uncovered].id] if first_uncovered < len(real) else len(transcript)
+    )
+    largest_summary = summary_message(
+        memory_text, _users_own_before(transcript, uncovered_position), source="session memory"
+    )
+    room = budget.target - budget.preamble - counter.message(largest_summary)
     start = kept_tail_start(
         real,
         first_uncovered,
         tokens,
         min_tokens=budget.tail_min,
         min_text_messages=budget.tail_min_text_messages,
-        max_tokens=budget.tail_max,
+        max_tokens=max(0, min(budget.tail_max, room)),
     )
     if start == 0 and len(context) == len(real):
         return None  # nothing to drop: memory would only add

@@ -130,13 +130,11 @@ class Agent:
                 finally:
                     tg.cancel_scope.cancel()  # in-flight memory updates end with the run
         finally:
-            with anyio.CancelScope(shield=True):
-                _answer_pending(session)
-                code = {"finished": 0, "turn_limit": 1}.get(outcome, 130)
-                session.events.emit(
-                    "session_finished", outcome=outcome, turns=turns, exit_code=code
-                )
-                session.close()
+            # Synchronous, so a cancellation cannot cut it short: the transcript ends valid.
+            _answer_pending(session)
+            code = {"finished": 0, "turn_limit": 1}.get(outcome, 130)
+            session.events.emit("session_finished", outcome=outcome, turns=turns, exit_code=code)
+            session.close()
         final = session.context[-1].text if session.context else ""
         if outcome == "turn_limit":
             raise TurnLimitError(
@@ -216,9 +214,7 @@ class Agent:
         blocked = {
             u.id
             for u, sig in zip(uses, signatures, strict=True)
-            if len(history) >= 2
-            and sig in history[-1]
-            and history[-1][sig] == history[-2].get(sig)
+            if len(history) >= 2 and sig in history[-1] and history[-1][sig] == history[-2].get(sig)
         }
         calls = [ToolCall(id=u.id, name=u.name, input=u.input) for u in uses if u.id not in blocked]
 
@@ -234,8 +230,9 @@ class Agent:
         for use in uses:
             outcome = outcomes.get(use.id)
             if outcome is None:
-                result = ToolResultBlock(tool_use_id=use.id, content=REPEATED.format(n=2),
-                                         is_error=True)
+                result = ToolResultBlock(
+                    tool_use_id=use.id, content=REPEATED.format(n=2), is_error=True
+                )
                 duration = 0.0
             else:
                 result = ToolResultBlock(

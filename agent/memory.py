@@ -47,7 +47,7 @@ _HEADING_RE = re.compile(r"^# (.+?)\s*$", re.M)
 _FENCE_RE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n\s*```\s*$", re.S)
 
 
-class MemoryError(Exception):  # noqa: A001 - the domain's own name, never the builtin
+class MemoryError(Exception):
     """An update was rejected; the previous memory stays."""
 
 
@@ -154,10 +154,14 @@ class MemoryDocument:
             body = _drop_kept(self.sections.get(heading, ""))
             extra = kept.get(heading)
             parts = [p for p in (extra, body) if p]
-            chunks.append(f"# {heading}\n_{description}_\n" + ("\n" + "\n\n".join(parts) if parts else ""))
+            chunks.append(
+                f"# {heading}\n_{description}_\n" + ("\n" + "\n\n".join(parts) if parts else "")
+            )
         text = "\n\n".join(c.rstrip() for c in chunks) + "\n"
         if marker and self.covers_message_id:
-            text += f"\n<!-- tidemark-memory covers={self.covers_message_id} update={self.update} -->\n"
+            text += (
+                f"\n<!-- tidemark-memory covers={self.covers_message_id} update={self.update} -->\n"
+            )
         return text
 
 

@@ -115,7 +115,9 @@ class Session:
             return tokens + self.counter.messages(self.context[length:])
         return self.preamble_tokens + self.counter.messages(self.context)
 
-    def note_tool_call(self, name: str, tool_input: dict[str, Any], result: ToolResultBlock) -> None:
+    def note_tool_call(
+        self, name: str, tool_input: dict[str, Any], result: ToolResultBlock
+    ) -> None:
         self.policy.tool_calls_since += 1
         path = tool_input.get("path")
         if isinstance(path, str) and not result.is_error and name in _READS | _WRITES:
@@ -125,8 +127,11 @@ class Session:
 
     def request(self, max_tokens: int) -> ModelRequest:
         previous_end = next(
-            (i - 1 for i in range(len(self.context) - 1, 0, -1)
-             if self.context[i].role == "assistant"),
+            (
+                i - 1
+                for i in range(len(self.context) - 1, 0, -1)
+                if self.context[i].role == "assistant"
+            ),
             None,
         )
         return ModelRequest(

@@ -74,11 +74,13 @@ class ScriptedModel:
     ) -> ModelResponse:
         self.requests.append(request)
         if request.purpose == "session-memory":
-            handler = self._memory or (lambda _: self.reply("# Current State\nWorking."))
-            return handler(request)
+            if self._memory is None:
+                return self.reply("# Current State\nWorking.")
+            return self._memory(request)
         if request.purpose == "compact":
-            handler = self._compact or (lambda _: self.reply("Summary of earlier work."))
-            return handler(request)
+            if self._compact is None:
+                return self.reply("Summary of earlier work.")
+            return self._compact(request)
         step = self._steps.pop(0) if self._steps else self.reply("Done.")
         response = step(request) if callable(step) else step
         if on_text is not None:

@@ -141,7 +141,8 @@ def load_transcript(path: Path) -> TranscriptState:
                 context: list[Message] = []
                 if summary_raw:
                     context.append(Message.model_validate(summary_raw))
-                for message_id in record.get("message_ids") or []:
+                message_ids: list[str] = record.get("message_ids") or []
+                for message_id in message_ids:
                     if message_id in by_id:
                         context.append(_apply_tombstones(by_id[message_id], tombstones))
                 state.context = context

@@ -157,22 +157,22 @@ class MemoryUpdater:
                 self.events.emit("memory_update_failed", update=update, error=str(exc))
                 return
             except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True):
-                    self.events.emit(
-                        "memory_update_failed", update=update, error="cancelled: session ended"
-                    )
-                raise
-            with anyio.CancelScope(shield=True):
-                text = self.store.save(document, self.record)
-                self.document = document
                 self.events.emit(
-                    "memory_update_committed",
-                    update=update,
-                    duration_ms=round((anyio.current_time() - started) * 1000, 3),
-                    memory_tokens=self.counter.estimate(text),
-                    covers_message_id=snapshot.boundary_id,
+                    "memory_update_failed", update=update, error="cancelled: session ended"
                 )
-                self.on_commit(document, snapshot)
+                raise
+            # From here on nothing awaits, so a cancellation cannot split the commit: the
+            # file, the document in memory and the boundary event change together.
+            text = self.store.save(document, self.record)
+            self.document = document
+            self.events.emit(
+                "memory_update_committed",
+                update=update,
+                duration_ms=round((anyio.current_time() - started) * 1000, 3),
+                memory_tokens=self.counter.estimate(text),
+                covers_message_id=snapshot.boundary_id,
+            )
+            self.on_commit(document, snapshot)
         finally:
             self.running = False
             self._idle.set()

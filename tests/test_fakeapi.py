@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
+import anyio
 import pytest
 
 from tests.support.fakeapi import (
@@ -40,15 +41,19 @@ def api() -> Iterator[FakeMessagesAPI]:
 
 @pytest.fixture
 async def client(api: FakeMessagesAPI) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    async with anthropic.AsyncAnthropic(base_url=api.url, api_key="test", max_retries=0) as c:
+    # Plain http: skip loading CA certificates, which costs ~20 ms per client.
+    http_client = anthropic.DefaultAsyncHttpxClient(verify=False)
+    async with anthropic.AsyncAnthropic(
+        base_url=api.url, api_key="test", max_retries=0, http_client=http_client
+    ) as c:
         yield c
 
 
-def user(content: Any) -> dict[str, Any]:
+def user(content: Any) -> Any:
     return {"role": "user", "content": content}
 
 
-def assistant(content: Any) -> dict[str, Any]:
+def assistant(content: Any) -> Any:
     return {"role": "assistant", "content": content}
 
 
@@ -517,3 +522,22 @@ async def test_a_reply_delay_holds_back_the_answer(
     request = api.requests[0]
     assert request.finished_at is not None
     assert request.finished_at - request.started_at >= 0.09
+
+
+@pytest.mark.anyio
+async def test_a_hundred_concurrent_streams_are_all_answered(
+    api: FakeMessagesAPI, client: anthropic.AsyncAnthropic
+) -> None:
+    api.latency = LatencyModel(time_scale=0.01)
+    answers: list[str] = []
+
+    async def one(k: int) -> None:
+        message = await stream(client, [user(f"session {k}")])
+        answers.append(message.content[0].text)
+
+    async with anyio.create_task_group() as tasks:
+        for k in range(100):
+            tasks.start_soon(one, k)
+
+    assert answers == ["Done."] * 100
+    assert len(api.requests) == 100

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional  # noqa: UP035 - Optional is part of what is tested
+from typing import Literal, Optional
 
 import pytest
 
@@ -88,8 +88,8 @@ async def test_a_tool_context_parameter_receives_the_context(tmp_path: Path) -> 
         """Say where a name would live."""
         return str(context.workspace / name)
 
-    result = await where.run({"name": "a.txt"}, ToolContext(tmp_path))
-    assert result == str(tmp_path.resolve() / "a.txt")
+    ctx = ToolContext(tmp_path)
+    assert await where.run({"name": "a.txt"}, ctx) == str(ctx.workspace / "a.txt")
 
 
 def test_the_decorator_takes_options_and_overrides_the_name_and_description() -> None:
@@ -157,7 +157,10 @@ async def test_field_names_that_shadow_pydantic_attributes_still_work(tmp_path: 
         return json + schema + model_config
 
     assert list(echo.input_schema["properties"]) == ["json", "schema", "model_config"]
-    assert await echo.run({"json": "a", "schema": "b", "model_config": "c"}, ToolContext(tmp_path)) == "abc"
+    assert (
+        await echo.run({"json": "a", "schema": "b", "model_config": "c"}, ToolContext(tmp_path))
+        == "abc"
+    )
 
 
 def test_a_name_the_api_would_reject_is_refused_at_definition() -> None:
@@ -171,3 +174,8 @@ def test_variadic_parameters_are_refused_at_definition() -> None:
 
     with pytest.raises(TypeError, match=r"\*args"):
         tool(spread)
+
+
+async def test_null_for_an_input_with_a_default_means_the_default(tmp_path: Path) -> None:
+    result = await tool(_documented).run({"path": "a", "count": None}, ToolContext(tmp_path))
+    assert result == "a fast 3 None None"

@@ -53,11 +53,18 @@ class FunctionTool:
         self._is_async = inspect.iscoroutinefunction(fn)
         self._context_params, self._params, self._model = _input_model(fn, self.name, arg_docs)
         self.input_schema = _tidy_schema(self._model.model_json_schema())
+        self._defaults = {
+            name
+            for name, prop in self.input_schema["properties"].items()
+            if "default" in prop and prop["default"] is not None
+        }
 
     def __repr__(self) -> str:
         return f"FunctionTool({self.name!r})"
 
     async def run(self, input: dict[str, Any], ctx: ToolContext) -> str:
+        # Small models often send null for an input they mean to leave out.
+        input = {k: v for k, v in input.items() if v is not None or k not in self._defaults}
         try:
             validated = self._model.model_validate(input)
         except ValidationError as error:

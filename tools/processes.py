@@ -254,7 +254,8 @@ def reap_leftover_processes(registry: Path) -> int:
             pgid, started = group.get("pgid"), group.get("start_time")
             if not isinstance(pgid, int) or started is None:
                 continue
-            if process_start_time(pgid) == started and _signal_group(pgid, signal.SIGKILL):
+            if process_start_time(pgid) == started and _group_alive(pgid):
+                _signal_group(pgid, signal.SIGKILL)
                 killed += 1
         return kept
 

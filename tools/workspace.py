@@ -82,18 +82,23 @@ def split_lines(text: str) -> list[str]:
 
 
 def walk_files(root: Path) -> Iterator[Path]:
-    """Files under ``root`` in sorted order, skipping ``.git`` and ``.tidemark``.
+    """Files under ``root``, sorted by path, skipping ``.git`` and ``.tidemark``.
 
     Symlinked directories are not entered, so the walk never leaves the workspace.
     """
-    if root.is_file():
+    if not root.is_dir():
         yield root
         return
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
-        base = Path(directory)
-        for filename in sorted(filenames):
-            yield base / filename
+    try:
+        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name not in IGNORED_DIRS:
+                yield from walk_files(Path(entry.path))
+        else:
+            yield Path(entry.path)
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anthropic
+import anyio
 
 from agent.errors import ContextTooLongError, ModelError
 from agent.messages import (
@@ -30,6 +31,15 @@ from agent.tokens import chars_estimate
 __all__ = ["DEFAULT_MODEL", "AnthropicModel", "to_wire_messages"]
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
+_STREAM_RETRIES = 3
+# Where the SDK's HTTP stack raises from when a stream breaks midway.
+_TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "h11", "anyio"})
+
+
+class _MidStreamError(Exception):
+    """A stream broke after it started; worth retrying from the start."""
+
+
 _EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
 
 
@@ -100,8 +110,10 @@ class AnthropicModel:
         # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself. A server named by
         # ANTHROPIC_BASE_URL alone (llama-server, Ollama, a test server) needs no key, but
         # the SDK refuses to send a request without one: give it a placeholder.
-        if api_key is None and not os.environ.get("ANTHROPIC_API_KEY") and (
-            base_url or os.environ.get("ANTHROPIC_BASE_URL")
+        if (
+            api_key is None
+            and not os.environ.get("ANTHROPIC_API_KEY")
+            and (base_url or os.environ.get("ANTHROPIC_BASE_URL"))
         ):
             api_key = "no-key"
         self._client = anthropic.AsyncAnthropic(
@@ -143,27 +155,19 @@ class AnthropicModel:
     async def generate(
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
-        try:
-            async with self._client.messages.stream(**self._params(request)) as stream:
-                if on_text is not None:
-                    async for text in stream.text_stream:
-                        result = on_text(text)
-                        if inspect.isawaitable(result):
-                            await result
-                final = await stream.get_final_message()
-        except anthropic.BadRequestError as exc:
-            message = _error_message(exc)
-            if "prompt is too long" in message:
-                raise ContextTooLongError(message) from exc
-            raise ModelError(f"the API rejected the request: {message}") from exc
-        except anthropic.APIStatusError as exc:
-            raise ModelError(
-                f"the API failed with HTTP {exc.status_code}: {_error_message(exc)}"
-            ) from exc
-        except anthropic.APIConnectionError as exc:
-            raise ModelError(f"cannot reach the API: {exc}") from exc
-        except anthropic.APIError as exc:
-            raise ModelError(f"the API failed: {exc}") from exc
+        # The SDK retries a request that fails before its stream starts. A stream that
+        # breaks midway (dropped connection, an `overloaded_error` event) is retried here,
+        # from the start, a few times with backoff.
+        for attempt in range(_STREAM_RETRIES + 1):
+            try:
+                final = await self._stream_once(request, on_text)
+                break
+            except _MidStreamError as exc:
+                if attempt == _STREAM_RETRIES:
+                    raise ModelError(f"the API stream kept failing: {exc.__cause__}") from exc
+                await anyio.sleep(0.5 * 2**attempt)
+        else:  # pragma: no cover - the loop always breaks or raises
+            raise ModelError("unreachable")
         blocks = [b for b in (_from_wire_block(x) for x in final.content) if b is not None]
         u = final.usage
         usage = Usage(
@@ -176,6 +180,39 @@ class AnthropicModel:
             content=blocks, stop_reason=final.stop_reason, usage=usage, model=final.model
         )
 
+    async def _stream_once(self, request: ModelRequest, on_text: TextSink | None) -> Any:
+        opened = False
+        try:
+            async with self._client.messages.stream(**self._params(request)) as stream:
+                opened = True
+                if on_text is not None:
+                    async for text in stream.text_stream:
+                        result = on_text(text)
+                        if inspect.isawaitable(result):
+                            await result
+                return await stream.get_final_message()
+        except anthropic.BadRequestError as exc:
+            message = _error_message(exc)
+            if "prompt is too long" in message:
+                raise ContextTooLongError(message) from exc
+            raise ModelError(f"the API rejected the request: {message}") from exc
+        except anthropic.APIStatusError as exc:
+            if (opened and exc.status_code >= 500) or "overloaded" in _error_message(exc):
+                raise _MidStreamError() from exc
+            raise ModelError(
+                f"the API failed with HTTP {exc.status_code}: {_error_message(exc)}"
+            ) from exc
+        except anthropic.APIConnectionError as exc:
+            raise ModelError(f"cannot reach the API: {exc}") from exc
+        except anthropic.APIError as exc:
+            if opened:
+                raise _MidStreamError() from exc
+            raise ModelError(f"the API failed: {exc}") from exc
+        except Exception as exc:
+            if opened and type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES:
+                raise _MidStreamError() from exc
+            raise
+
     async def aclose(self) -> None:
         await self._client.close()
 
@@ -183,7 +220,7 @@ class AnthropicModel:
 def _error_message(exc: anthropic.APIError) -> str:
     body: Any = getattr(exc, "body", None)
     if isinstance(body, dict):
-        error: Any = body.get("error")  # pyright: ignore[reportUnknownMemberType]
+        error: Any = body.get("error")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
         if isinstance(error, dict) and isinstance(error.get("message"), str):  # pyright: ignore[reportUnknownMemberType]
             return str(error["message"])  # pyright: ignore[reportUnknownArgumentType]
     return str(exc)

@@ -8,29 +8,35 @@ chunks are joined once into the user cache dir. Any other GGUF file works via
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import inspect
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 
 from agent.errors import ContextTooLongError, ModelError, ProviderUnavailableError
-from agent.messages import TextBlock, Usage
+from agent.messages import ContentBlock, TextBlock, Usage
 from agent.model import ModelRequest, ModelResponse, TextSink, ToolSpec
-from agent.providers.local_format import END_OF_TURN, parse_reply, render_prompt, tool_call_grammar
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama  # pyright: ignore[reportMissingTypeStubs]
+from agent.providers.local_format import (
+    CALL_OPEN,
+    END_OF_TURN,
+    ReplyKind,
+    parse_reply,
+    render_prompt,
+    reply_kind,
+    tool_call_grammar,
+)
 
 __all__ = [
     "DEFAULT_MODEL_PACKAGES",
@@ -181,7 +187,7 @@ def _verification_problem(path: Path, actual_sha: str, *, size: int, sha256: str
 
 
 @contextmanager
-def _progress(total: int, label: str, show: bool) -> Iterator[Callable[[int], None]]:
+def _progress(total: int, label: str, show: bool) -> Generator[Callable[[int], None]]:
     if not show:
         yield lambda _n: None
         return
@@ -213,20 +219,20 @@ def default_model_path(cache_dir: Path | None = None) -> Path:
 
 
 def _import_llama_cpp() -> Any:
+    """The `llama_cpp` module, imported by name: an optional extra, untyped as far as we use it."""
     try:
-        import llama_cpp  # pyright: ignore[reportMissingTypeStubs]
+        return importlib.import_module("llama_cpp")
     except ImportError as exc:
         raise ProviderUnavailableError(
             f"the local model needs the 'local' extra: {INSTALL_HINT}"
         ) from exc
-    return llama_cpp
 
 
 _PARAMS_PATCH_LOCK = threading.Lock()
 
 
 @contextmanager
-def _without_weight_repacking(native: Any) -> Iterator[None]:
+def _without_weight_repacking(native: Any) -> Generator[None]:
     """Load models with ``use_extra_bufts = False``.
 
     A native build of llama.cpp repacks weights into the AMX buffer type on Xeons that have
@@ -250,7 +256,7 @@ def _without_weight_repacking(native: Any) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class GenerationStats:
-    """Timings of the last generation (for reports on CPU cost, e.g. re-prefill after compaction)."""
+    """Timings of one generation: what the CPU spent, e.g. re-prefill after a compaction."""
 
     prompt_tokens: int
     reused_tokens: int
@@ -291,20 +297,20 @@ class LocalModel:
         n_threads: int | None = None,
         seed: int = 0,
     ) -> None:
-        llama_cpp = _import_llama_cpp()
-        if model_path is None:
-            path = default_model_path()
-        else:
+        if model_path is not None:
             path = Path(model_path).expanduser()
             if not path.is_file():
                 raise ProviderUnavailableError(f"model file not found: {path}")
             if not _has_gguf_magic(path):
                 raise ProviderUnavailableError(f"not a GGUF model file: {path}")
+        llama_cpp = _import_llama_cpp()
+        if model_path is None:
+            path = default_model_path()
         threads = n_threads or os.cpu_count() or 1
         started = time.perf_counter()
         try:
             with _without_weight_repacking(llama_cpp.llama_cpp):
-                self._llm: Llama = llama_cpp.Llama(
+                self._llm: Any = llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=context_window,
                     n_threads=threads,
@@ -338,7 +344,7 @@ class LocalModel:
     @property
     def chat_template(self) -> str:
         """The chat template embedded in the GGUF file ('' when it has none)."""
-        metadata: dict[str, str] = self._llm.metadata  # pyright: ignore[reportUnknownMemberType]
+        metadata: dict[str, str] = self._llm.metadata
         return metadata.get("tokenizer.chat_template", "")
 
     def estimate_tokens(self, text: str) -> int:
@@ -351,8 +357,8 @@ class LocalModel:
         self._estimates[text] = count
         return count
 
-    def _tokenize(self, text: str, *, special: bool) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)  # pyright: ignore[reportUnknownMemberType]
+    def _tokenize(self, text: str, *, special: bool, add_bos: bool = False) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     async def generate(
         self, request: ModelRequest, on_text: TextSink | None = None
@@ -366,11 +372,10 @@ class LocalModel:
         prompt = render_prompt(request.system, request.messages, request.tools)
         grammar = self._grammar(request.tools) if constrained else None
         stop = threading.Event()
-        deliver = _Streamer(on_text) if on_text is not None else None
 
         def emit(piece: str) -> None:
-            if deliver is not None and not stop.is_set():
-                anyio.from_thread.run(deliver.feed, piece)
+            if on_text is not None and not stop.is_set():
+                anyio.from_thread.run(_send_text, on_text, piece)
 
         async with self._lock:
             if self._closed:
@@ -382,8 +387,6 @@ class LocalModel:
             finally:
                 stop.set()
         self.last_stats = completion.stats
-        if deliver is not None:
-            await deliver.flush()
         return self._response(completion, request.tools if constrained else ())
 
     def _response(self, completion: _Completion, tools: Sequence[ToolSpec]) -> ModelResponse:
@@ -393,9 +396,11 @@ class LocalModel:
         )
         if not tools:
             text = completion.text.strip()
-            content = [TextBlock(text=text)] if text else []
+            content: list[ContentBlock] = [TextBlock(text=text)] if text else []
             stop_reason = "max_tokens" if completion.finish_reason == "length" else "end_turn"
-            return ModelResponse(content=content, stop_reason=stop_reason, usage=usage, model=self.name)
+            return ModelResponse(
+                content=content, stop_reason=stop_reason, usage=usage, model=self.name
+            )
         reply = parse_reply(completion.text, tools, lambda: f"toolu_local_{uuid.uuid4().hex[:16]}")
         if reply.has_tool_calls:
             stop_reason = "tool_use"
@@ -422,66 +427,88 @@ class LocalModel:
         emit: Callable[[str], None],
         stop: threading.Event,
     ) -> _Completion:
-        """Blocking: runs in a worker thread, one at a time."""
-        from llama_cpp import LlamaGrammar  # pyright: ignore[reportMissingTypeStubs]
+        """Blocking: runs in a worker thread, one request at a time.
 
+        With tools (`grammar` set) the reply starts unconstrained, which is fast: the
+        grammar sampler checks the whole 150k-token vocabulary on every token, several
+        times slower on a CPU. As soon as the start shows a tool call (``<tool_call>``, or
+        JSON bare or fenced), that start is replaced by ``<tool_call>\\n`` and the call is
+        generated under the grammar, so it always parses. Prose streams as it comes.
+        """
+        grammar_type: Any = _import_llama_cpp().LlamaGrammar
         with self._thread_lock:
-            tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)  # pyright: ignore[reportUnknownMemberType]
+            tokens = self._tokenize(prompt, special=True, add_bos=True)
             room = self._context_window - len(tokens)
             if room < 16:
                 raise ContextTooLongError(
                     f"the prompt has {len(tokens)} tokens; the local model's window is "
                     f"{self._context_window}"
                 )
-            cached: list[int] = list(self._llm.input_ids)  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
-            reused = 0
-            for a, b in zip(cached, tokens, strict=False):
-                if a != b:
-                    break
-                reused += 1
+            reused = _common_prefix(self._llm.input_ids, tokens)
             started = time.perf_counter()
-            first_token_at: float | None = None
-            pieces: list[str] = []
-            finish: str | None = None
-            stream: Iterator[Any] = self._llm.create_completion(  # pyright: ignore[reportUnknownMemberType, reportAssignmentType]
-                tokens,
-                max_tokens=min(budget, room),
-                temperature=TEMPERATURE,
-                top_p=0.95,
-                top_k=40,
-                repeat_penalty=1.0,
-                seed=self._seed,
-                stop=[END_OF_TURN],
-                stream=True,
-                grammar=LlamaGrammar.from_string(grammar, verbose=False) if grammar else None,
-            )
-            try:
-                for chunk in stream:
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
-                    choice: dict[str, Any] = chunk["choices"][0]
-                    finish = choice.get("finish_reason") or finish
-                    piece: str = choice.get("text") or ""
-                    if piece:
-                        pieces.append(piece)
-                        emit(piece)
-                    if stop.is_set():
+            first = self._run(tokens, min(budget, room), None, stop, started)
+            head = ""
+            kind: ReplyKind | None = None if grammar else "text"
+            for piece in first:
+                if kind is None:
+                    head += piece
+                    kind = reply_kind(head)
+                    if kind == "text":
+                        emit(head)
+                    elif kind == "calls":
                         break
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
+                elif kind == "text":
+                    emit(piece)
+            text = "".join(first.pieces)
+            finish = first.finish_reason
+            output_tokens = first.tokens
+            if kind == "calls" and grammar is not None:
+                spent = first.tokens
+                first.close()
+                continuation = self._run(
+                    tokens + self._tokenize(CALL_OPEN, special=True, add_bos=False),
+                    max(min(budget - spent, room - len(CALL_OPEN)), 16),
+                    grammar_type.from_string(grammar, verbose=False),
+                    stop,
+                    started,
+                )
+                for _ in continuation:
+                    pass
+                text = CALL_OPEN + "".join(continuation.pieces)
+                finish = continuation.finish_reason
+                output_tokens = spent + continuation.tokens
             finished = time.perf_counter()
-            text = "".join(pieces)
-            first_token_at = first_token_at or finished
+            first_token_at = first.first_token_at or finished
             stats = GenerationStats(
                 prompt_tokens=len(tokens),
                 reused_tokens=min(reused, len(tokens) - 1),
-                output_tokens=len(self._tokenize(text, special=True)) + (finish == "stop"),
+                output_tokens=output_tokens,
                 prefill_seconds=first_token_at - started,
                 generate_seconds=finished - first_token_at,
             )
             return _Completion(text=text, finish_reason=finish, stats=stats)
+
+    def _run(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        grammar: Any,
+        stop: threading.Event,
+        started: float,
+    ) -> _Stream:
+        chunks: Iterator[Any] = self._llm.create_completion(
+            tokens,
+            max_tokens=max_tokens,
+            temperature=TEMPERATURE,
+            top_p=0.95,
+            top_k=40,
+            repeat_penalty=1.0,
+            seed=self._seed,
+            stop=[END_OF_TURN],
+            stream=True,
+            grammar=grammar,
+        )
+        return _Stream(chunks, stop)
 
     async def aclose(self) -> None:
         async with self._lock:
@@ -489,36 +516,54 @@ class LocalModel:
                 return
             self._closed = True
             with self._thread_lock, suppress(Exception):
-                self._llm.close()  # pyright: ignore[reportUnknownMemberType]
+                self._llm.close()
 
 
-class _Streamer:
-    """Forwards text deltas, but holds back a reply that opens with a tool call.
+def _common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading tokens llama.cpp can take from its KV cache."""
+    count = 0
+    for a, b in zip(cached, tokens, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
 
-    The grammar lets a text reply start with anything but ``<``, so the first visible
-    character tells whether the reply is prose (streamed) or tool calls (not shown raw).
-    """
 
-    def __init__(self, sink: TextSink) -> None:
-        self._sink = sink
-        self._pending = ""
-        self._mode: str | None = None
+class _Stream:
+    """Iterates the text pieces of one streamed completion; records how it ended."""
 
-    async def feed(self, piece: str) -> None:
-        if self._mode is None:
-            self._pending += piece
-            head = self._pending.lstrip()
-            if not head:
-                return
-            self._mode = "calls" if head.startswith("<") else "text"
-            piece, self._pending = self._pending, ""
-        if self._mode == "text":
-            await self._send(piece)
+    def __init__(self, chunks: Iterator[Any], stop: threading.Event) -> None:
+        self._chunks = chunks
+        self._stop = stop
+        self.pieces: list[str] = []
+        self.tokens = 0
+        self.finish_reason: str | None = None
+        self.first_token_at: float | None = None
 
-    async def flush(self) -> None:
-        self._pending = ""
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for chunk in self._chunks:
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+                self.tokens += 1
+                choice: dict[str, Any] = chunk["choices"][0]
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                piece: str = choice.get("text") or ""
+                if piece:
+                    self.pieces.append(piece)
+                    yield piece
+                if self._stop.is_set():
+                    break
+        finally:
+            self.close()
 
-    async def _send(self, piece: str) -> None:
-        result = self._sink(piece)
-        if inspect.isawaitable(result):
-            await result
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+async def _send_text(sink: TextSink, piece: str) -> None:
+    result = sink(piece)
+    if inspect.isawaitable(result):
+        await result

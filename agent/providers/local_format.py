@@ -9,11 +9,12 @@ the reply text is parsed back into content blocks.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from agent.messages import (
     ContentBlock,
@@ -31,9 +32,9 @@ __all__ = [
     "ReplyKind",
     "first_sentence",
     "parse_reply",
-    "reply_kind",
     "render_prompt",
     "render_tool_call",
+    "reply_kind",
     "tool_call_grammar",
     "tool_entry",
 ]
@@ -57,8 +58,12 @@ CALL_CLOSE = "\n</tool_call>"
 MAX_TOOL_CALLS = 3
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
-_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-_FENCE_RE = re.compile(r"^```(?:json)?\s*|\s*```$")
+# A call in tags (the trained format; unclosed when cut by max_tokens) or in a JSON fence.
+_CALL_RE = re.compile(
+    r"<tool_call>\s*(?P<tagged>.*?)\s*(?:</tool_call>|$)"
+    r"|```(?:json|tool_call)?[ \t]*\n\s*(?P<fenced>\{.*?\})\s*```",
+    re.DOTALL,
+)
 
 
 def first_sentence(text: str) -> str:
@@ -70,24 +75,22 @@ def first_sentence(text: str) -> str:
 
 def _slim_schema(schema: Any) -> Any:
     """The schema as the prompt shows it: titles dropped, descriptions cut to one sentence."""
-    if isinstance(schema, dict):
-        slim: dict[str, Any] = {}
-        for key, value in schema.items():  # pyright: ignore[reportUnknownVariableType]
-            if key == "title" and isinstance(value, str):
-                continue
-            if key == "description" and isinstance(value, str):
-                slim[key] = first_sentence(value)
-            elif key == "properties" and isinstance(value, dict):
-                slim[key] = {
-                    str(name): _slim_schema(sub)
-                    for name, sub in value.items()  # pyright: ignore[reportUnknownVariableType]
-                }
-            else:
-                slim[str(key)] = _slim_schema(value)  # pyright: ignore[reportUnknownArgumentType]
-        return slim
     if isinstance(schema, list):
-        return [_slim_schema(item) for item in schema]  # pyright: ignore[reportUnknownVariableType]
-    return schema
+        return [_slim_schema(item) for item in cast(list[Any], schema)]
+    if not isinstance(schema, dict):
+        return schema
+    slim: dict[str, Any] = {}
+    for key, value in cast(dict[str, Any], schema).items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key == "description" and isinstance(value, str):
+            slim[key] = first_sentence(value)
+        elif key == "properties" and isinstance(value, dict):
+            properties = cast(dict[str, Any], value)
+            slim[key] = {name: _slim_schema(sub) for name, sub in properties.items()}
+        else:
+            slim[key] = _slim_schema(value)
+    return slim
 
 
 def tool_entry(spec: ToolSpec) -> dict[str, Any]:
@@ -114,7 +117,9 @@ def _sanitize(text: str) -> str:
 
 
 def render_tool_call(name: str, arguments: dict[str, Any]) -> str:
-    return CALL_OPEN + '{"name": "' + name + '", "arguments": ' + _dumps(arguments) + "}" + CALL_CLOSE
+    return (
+        CALL_OPEN + '{"name": "' + name + '", "arguments": ' + _dumps(arguments) + "}" + CALL_CLOSE
+    )
 
 
 def _render_system(system: str, tools: Sequence[ToolSpec]) -> str:
@@ -156,9 +161,7 @@ def _render_assistant(message: Message) -> str:
     return out + f"{END_OF_TURN}\n"
 
 
-def render_prompt(
-    system: str, messages: Iterable[Message], tools: Sequence[ToolSpec] = ()
-) -> str:
+def render_prompt(system: str, messages: Iterable[Message], tools: Sequence[ToolSpec] = ()) -> str:
     """The whole prompt, ending with the assistant's generation prompt.
 
     Byte-identical to Qwen2.5's embedded chat template for the same conversation, so the
@@ -179,9 +182,11 @@ def tool_call_grammar(tools: Sequence[ToolSpec]) -> str:
     (a finished grammar only admits the end-of-turn token). Needs `llama_cpp` (its
     JSON-schema converter is pure Python).
     """
-    from llama_cpp.llama_grammar import SchemaConverter  # pyright: ignore[reportMissingTypeStubs]
-
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    # Imported by name: llama_cpp is an optional extra, untyped as far as we use it.
+    grammar_module: Any = importlib.import_module("llama_cpp.llama_grammar")
+    converter: Any = grammar_module.SchemaConverter(
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
     alternatives: list[dict[str, Any]] = [
         {
             "type": "object",
@@ -193,9 +198,9 @@ def tool_call_grammar(tools: Sequence[ToolSpec]) -> str:
         }
         for spec in tools
     ]
-    schema = converter.resolve_refs({"oneOf": alternatives}, "tools")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
-    converter.visit(schema, "call")  # pyright: ignore[reportUnknownMemberType]
-    rules: str = converter.format_grammar()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    schema = converter.resolve_refs({"oneOf": alternatives}, "tools")
+    converter.visit(schema, "call")
+    rules = str(converter.format_grammar())
     more_calls = ""
     for _ in range(MAX_TOOL_CALLS - 1):
         more_calls = f'("\\n<tool_call>\\n" call "\\n</tool_call>" {more_calls})?'
@@ -246,22 +251,19 @@ class ParsedReply:
 
 
 def _parse_call(raw: str, names: set[str]) -> tuple[str, dict[str, Any]] | None:
-    raw = _FENCE_RE.sub("", raw.strip())
+    # raw_decode takes the first whole object: trailing junk (a stray brace) is ignored.
+    start = raw.find("{")
+    if start < 0:
+        return None
     try:
-        data: Any = json.loads(raw)
+        data, _end = json.JSONDecoder().raw_decode(raw, start)
     except json.JSONDecodeError:
-        # A reply cut by max_tokens, or a stray trailing brace: retry on the widest object.
-        start, end = raw.find("{"), raw.rfind("}")
-        if start < 0 or end <= start:
-            return None
-        try:
-            data = json.loads(raw[start : end + 1])
-        except json.JSONDecodeError:
-            return None
+        return None
     if not isinstance(data, dict):
         return None
-    name: Any = data.get("name")  # pyright: ignore[reportUnknownMemberType]
-    arguments: Any = data.get("arguments", data.get("parameters", {}))  # pyright: ignore[reportUnknownMemberType]
+    fields = cast(dict[str, Any], data)
+    name = fields.get("name")
+    arguments = fields.get("arguments", fields.get("parameters", {}))
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
@@ -269,14 +271,16 @@ def _parse_call(raw: str, names: set[str]) -> tuple[str, dict[str, Any]] | None:
             return None
     if not isinstance(name, str) or name not in names or not isinstance(arguments, dict):
         return None
-    return name, {str(k): v for k, v in arguments.items()}  # pyright: ignore[reportUnknownVariableType]
+    return name, cast(dict[str, Any], arguments)
 
 
 def parse_reply(text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str]) -> ParsedReply:
-    """Split a reply into text and tool-use blocks (``<tool_call>`` tags, or fenced/bare JSON).
+    """Split a reply into text and tool-use blocks.
 
-    Calls that do not parse, or name an unknown tool, stay in the text (and are counted),
-    so the model sees what it wrote rather than a silently dropped call.
+    Calls come in ``<tool_call>`` tags (the trained format), or as JSON fenced or bare,
+    which small models write when unconstrained. A tagged call that does not parse, or
+    names an unknown tool, stays in the text and is counted as malformed, so the model
+    sees what it wrote rather than a silently dropped call.
     """
     names = {spec.name for spec in tools}
     content: list[ContentBlock] = []
@@ -284,15 +288,21 @@ def parse_reply(text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str])
     malformed = 0
     position = 0
     for match in _CALL_RE.finditer(text):
-        call = _parse_call(match.group(1), names) if names else None
+        tagged = match.group("tagged")
+        call = _parse_call(tagged if tagged is not None else match.group("fenced"), names)
         if call is None:
-            malformed += 1 if names else 0
+            malformed += tagged is not None
             continue
         kept_text.append(text[position : match.start()])
         position = match.end()
         content.append(ToolUseBlock(id=new_id(), name=call[0], input=call[1]))
     kept_text.append(text[position:])
     prose = "".join(kept_text).strip()
+    if not content and prose.startswith("{"):
+        call = _parse_call(prose, names)
+        if call is not None:
+            content.append(ToolUseBlock(id=new_id(), name=call[0], input=call[1]))
+            prose = ""
     if prose:
         content.insert(0, TextBlock(text=prose))
     return ParsedReply(content=content, malformed_calls=malformed)

@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.support.fakeapi import RecordedRequest, Reply, Script, text, tool_calls
 
-__all__ = ["LongSession", "memory_reply", "write_repository"]
+__all__ = ["LongSession", "document_reply", "memory_reply", "summary_text", "write_repository"]
 
 _MODULE = '''"""Module {n}: helpers for the inventory service (part {n})."""
 
@@ -122,3 +122,54 @@ def memory_reply(request: RecordedRequest, output_tokens: int | None = None) -> 
         f"- Read {len(seen)} files so far.\n"
     )
     return text(update, output_tokens=output_tokens)
+
+
+def summary_text(request: RecordedRequest, tokens: int = 3000) -> str:
+    """A whole memory document (all ten headings) of about `tokens` tokens (4 chars each).
+
+    What a model writes when it rewrites the memory or summarizes the session: the benchmarks
+    use it for blocking summaries, LangChain's summaries and full memory rewrites alike, so
+    every strategy carries a summary of the same size.
+    """
+    body = str(request.body.get("messages", [])) + str(request.body.get("system", ""))
+    seen = sorted(set(_PATH_RE.findall(body.replace("'", '"')))) or ["inventory/stock.py"]
+    head = (
+        "# Session Title\nFix the restock bug in the inventory service\n\n"
+        "# Current State\n"
+        f"- Done: listed the repository, read {len(seen)} files.\n"
+        "- In progress: looking for the restock bug.\n"
+        "- Next: fix inventory/stock.py and run test_stock.py.\n\n"
+        "# Task specification\nFix the failing restock test without changing the test.\n\n"
+    )
+    tail = (
+        "# Workflow\nRun `python -m pytest -q test_stock.py` after each change.\n\n"
+        "# Errors & Corrections\nNone so far.\n\n"
+        "# Codebase and System Documentation\n"
+        "inventory/ holds one module per report; stock.py holds restock().\n\n"
+        "# Learnings\nThe modules are independent; only stock.py matters for the bug.\n\n"
+        "# Key results\nNone yet.\n\n"
+    )
+    budget = max(0, tokens * 4 - len(head) - len(tail) - 60)
+    files: list[str] = []
+    worklog: list[str] = []
+    k = 0
+    while sum(map(len, files)) + sum(map(len, worklog)) < budget:
+        path = seen[k % len(seen)]
+        n = k // len(seen)
+        files.append(f"- {path}: helpers for one report (pass {n}); no restock logic.\n")
+        worklog.append(f"- Step {k + 1}: read {path} (pass {n}); not related to the bug.\n")
+        k += 1
+    return (
+        head
+        + "# Files and Functions\n"
+        + "".join(files)
+        + "\n"
+        + tail
+        + "# Worklog\n"
+        + "".join(worklog)
+    )
+
+
+def document_reply(request: RecordedRequest, tokens: int = 3000) -> Reply:
+    """A reply holding `summary_text` (its output tokens are counted from the text)."""
+    return text(summary_text(request, tokens))

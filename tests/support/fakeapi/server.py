@@ -205,9 +205,11 @@ class FakeMessagesAPI:
 
         try:
             reply = self.responder(record)
-        except Exception as exc:
-            message = f"fake API responder raised {type(exc).__name__}: {exc}"
-            _send_error(http, record, 500, message, headers={"x-should-retry": "false"})
+            content = [_finish_block(block) for block in copy.deepcopy(reply.content)]
+            output_tokens = reply.output_tokens or _estimate_output(content)
+        except Exception as exc:  # a bug in the test's script: fail loudly, without retries
+            error = f"fake API responder failed: {type(exc).__name__}: {exc}"
+            _send_error(http, record, 500, error, headers={"x-should-retry": "false"})
             return
         if reply.delay_s:
             time.sleep(reply.delay_s)
@@ -223,7 +225,7 @@ class FakeMessagesAPI:
             _send_error(http, record, status, reply.error_message)
             return
 
-        message = self._message(body, reply)
+        message = self._message(body, reply, content, output_tokens)
         usage = message["usage"]
         record.usage = dict(usage)
         uncached = usage["input_tokens"] + usage["cache_creation_input_tokens"]
@@ -242,8 +244,9 @@ class FakeMessagesAPI:
         record.error = error
         _send_error(http, record, 400, error)
 
-    def _message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        content = [_finish_block(block) for block in copy.deepcopy(reply.content)]
+    def _message(
+        self, body: dict[str, Any], reply: Reply, content: list[dict[str, Any]], output_tokens: int
+    ) -> dict[str, Any]:
         if self.caching:
             usage = self._cache.usage(body)
         else:
@@ -261,7 +264,7 @@ class FakeMessagesAPI:
             "content": content,
             "stop_reason": reply.stop_reason or ("tool_use" if has_tool_use else "end_turn"),
             "stop_sequence": None,
-            "usage": {**usage, "output_tokens": reply.output_tokens or _estimate_output(content)},
+            "usage": {**usage, "output_tokens": output_tokens},
         }
 
 

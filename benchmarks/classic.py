@@ -1,0 +1,131 @@
+"""The classic strategies on tidemark's own pieces: no compaction, and blocking full summary.
+
+Run as ``python -m benchmarks.classic {none|blocking} URL WORKSPACE OUT.json [options]``,
+one process per session (like a user's agent). The real `Agent`, `Session`, provider and
+tools run unchanged except for two documented overrides:
+
+- ``blocking``: the instant ladder is switched off (`_instant` returns None) and no
+  background memory is kept, so every compaction is `agent.compaction.full_summary`, a
+  blocking ``compact`` request: summarize everything when full, the classic way.
+- ``none``: nothing is ever compacted; the run ends when the window overflows.
+
+Events go to the session's ``events.jsonl`` as in any tidemark run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import anyio
+import structlog
+
+from agent.compaction import CompactionBudget, CompactionResult
+from agent.config import Settings
+from agent.errors import TidemarkError
+from agent.loop import Agent
+from agent.model import ToolSpec
+from agent.prompts import system_prompt
+from agent.providers.anthropic import AnthropicModel
+from agent.session import Session
+from agent.transcript import SessionPaths, load_transcript
+
+TASK = "Fix the restock bug in the inventory service; the test is test_stock.py."
+
+
+class BlockingSession(Session):
+    """Compaction always asks the model for a full summary; no background memory."""
+
+    def schedule_update(self, *, paused: bool) -> None:
+        return None
+
+    def _instant(self, budget: CompactionBudget) -> CompactionResult | None:
+        return None
+
+
+class UncompactedSession(Session):
+    """The context only grows."""
+
+    def schedule_update(self, *, paused: bool) -> None:
+        return None
+
+    async def compact_if_needed(self, *, force: bool = False) -> CompactionResult | None:
+        return None
+
+
+class ClassicAgent(Agent):
+    """The real agent, with the session class of the strategy."""
+
+    session_class: type[Session] = BlockingSession
+
+    def _session(self, paths: SessionPaths, resumed: bool) -> Session:
+        specs = [ToolSpec.model_validate(s) for s in self.toolset.specs()]
+        return self.session_class(
+            paths=paths,
+            model=self.model,
+            settings=self.settings,
+            system=system_prompt(self.workspace),
+            tools=specs,
+            progress=self.progress,
+            restored=load_transcript(paths.transcript) if resumed else None,
+        )
+
+
+async def _main(args: argparse.Namespace) -> dict[str, object]:
+    settings = Settings(
+        workspace=Path(args.workspace),
+        context_window=args.context_window,
+        compact_at=args.compact_at,
+        max_turns=args.max_turns,
+        auto_approve=True,
+    )
+    model = AnthropicModel(context_window=args.context_window, base_url=args.url, api_key="bench")
+    agent = ClassicAgent(model, settings=settings)
+    agent.session_class = BlockingSession if args.strategy == "blocking" else UncompactedSession
+    try:
+        result = await agent.run(TASK)
+        return {"outcome": result.outcome, "turns": result.turns, "error": None}
+    except (TidemarkError, BaseExceptionGroup) as exc:
+        error = _first_tidemark_error(exc)
+        if error is None:
+            raise
+        return {"outcome": "failed", "turns": None, "error": f"{type(error).__name__}: {error}"}
+    finally:
+        await model.aclose()
+
+
+def _first_tidemark_error(exc: BaseException) -> TidemarkError | None:
+    if isinstance(exc, TidemarkError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:  # pyright: ignore[reportUnknownVariableType]
+            found = _first_tidemark_error(inner)  # pyright: ignore[reportUnknownArgumentType]
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.classic")
+    parser.add_argument("strategy", choices=["none", "blocking"])
+    parser.add_argument("url")
+    parser.add_argument("workspace")
+    parser.add_argument("out")
+    parser.add_argument("--context-window", type=int, required=True)
+    parser.add_argument("--compact-at", type=int, required=True)
+    parser.add_argument("--max-turns", type=int, default=200)
+    args = parser.parse_args(argv)
+    structlog.configure(processors=[_drop], cache_logger_on_first_use=False)
+    outcome = anyio.run(_main, args)
+    Path(args.out).write_text(json.dumps(outcome))
+    return 0
+
+
+def _drop(*_: object) -> object:
+    raise structlog.DropEvent
+
+
+if __name__ == "__main__":
+    sys.exit(main())

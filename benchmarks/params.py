@@ -1,0 +1,78 @@
+"""The benchmark's parameters: latency model, session shape, windows; printed with every result."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["Params", "full", "quick"]
+
+
+@dataclass(frozen=True)
+class Params:
+    # Latency model of a large hosted model (un-scaled).
+    ttft_base_s: float = 0.4
+    ttft_per_input_token_s: float = 0.00004
+    per_output_token_s: float = 0.015
+    time_scale: float = 0.2  # every model sleep is multiplied by this; results are un-scaled
+    # Output sizes: blocking summaries and memory updates are whole ~3,000-token documents.
+    summary_tokens: int = 3000
+    memory_tokens: int = 3000
+    short_memory_tokens: int = 600  # the "changed sections only" variant of tidemark
+    # The scripted session.
+    files: int = 24
+    lines_per_file: int = 200
+    reads: int = 90
+    parallel_every: int = 5
+    # Windows (tokens).
+    context_window: int = 100_000
+    compact_at: int = 67_000  # tidemark's default for this window: window - 33,000
+    max_turns: int = 200
+    # Runtime overhead and scale.
+    overhead_sizes: tuple[int, ...] = (10, 100, 1_000, 10_000)
+    scale_sessions: tuple[int, ...] = (1, 10, 100)
+    scale_reads: int = 30
+    scale_compact_at: int = 20_000
+    scale_time_scale: float = 0.1
+    strategies: tuple[str, ...] = field(
+        default=("none", "blocking", "langchain", "tidemark", "tidemark-short")
+    )
+    quick: bool = False
+
+    def describe(self) -> str:
+        """One paragraph of the parameters, printed above every table."""
+        return (
+            f"latency model: TTFT {self.ttft_base_s * 1000:.0f} ms + "
+            f"{self.ttft_per_input_token_s * 1000:.2f} ms/uncached input token, "
+            f"{self.per_output_token_s * 1000:.0f} ms/output token; "
+            f"time scale {self.time_scale} (times reported un-scaled); "
+            f"summaries and memory updates {self.summary_tokens}/{self.memory_tokens} output "
+            f"tokens (short updates {self.short_memory_tokens}); "
+            f"session: {self.reads} file reads (2 in parallel every {self.parallel_every}) over "
+            f"{self.files} files of {self.lines_per_file} lines; "
+            f"window {self.context_window:,}, compact at {self.compact_at:,}"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def full() -> Params:
+    return Params()
+
+
+def quick() -> Params:
+    """CI: fewer turns, a smaller window, 50x time compression, fewer concurrency levels."""
+    return Params(
+        time_scale=0.02,
+        files=12,
+        reads=30,
+        context_window=40_000,
+        compact_at=30_000,
+        max_turns=80,
+        overhead_sizes=(10, 100, 1_000),
+        scale_sessions=(1, 10),
+        scale_reads=12,
+        scale_time_scale=0.02,
+        strategies=("none", "blocking", "langchain", "tidemark"),
+        quick=True,
+    )

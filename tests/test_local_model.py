@@ -1,0 +1,201 @@
+"""The embedded local model, for real: loads the default GGUF and generates on the CPU."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from agent.errors import ProviderUnavailableError
+from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from agent.model import ModelRequest, ToolSpec
+from agent.providers.local import LocalModel, locate_model_parts
+from agent.providers.local_format import render_prompt, tool_entry
+
+pytest.importorskip("llama_cpp", reason="needs the 'local' extra: pip install '.[local]'")
+try:
+    locate_model_parts()
+except ProviderUnavailableError as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+
+pytestmark = [
+    pytest.mark.local_model,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]
+# One backend is enough: each test spends its time in the model, not in anyio.
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+SYSTEM = "You are a coding agent working in a repository. Use the tools to inspect files."
+READ_FILE = ToolSpec(
+    name="read_file",
+    description="Read a text file from the workspace. Returns the text with line numbers.",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "path": {"type": "string", "description": "Path relative to the workspace."},
+            "offset": {"type": "integer", "description": "First line to read (1-based)."},
+            "limit": {"type": "integer", "description": "How many lines to read."},
+        },
+        "required": ["path"],
+    },
+)
+LIST_FILES = ToolSpec(
+    name="list_files",
+    description="List the files in a directory of the workspace.",
+    input_schema={
+        "type": "object",
+        "properties": {"path": {"type": "string"}, "pattern": {"type": "string"}},
+    },
+)
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_the_default_model_makes_a_valid_constrained_tool_call() -> None:
+    model = LocalModel()
+    try:
+        # The AMX fix: without it a native build segfaults on the first token on Xeons with AMX.
+        assert model._llm.model_params.use_extra_bufts is False  # pyright: ignore[reportPrivateUsage]
+        request = ModelRequest(
+            system=SYSTEM,
+            messages=[Message.user_text("Read the file config.py")],
+            tools=[READ_FILE, LIST_FILES],
+            max_tokens=128,
+        )
+        shown: list[str] = []
+        response = await model.generate(request, shown.append)
+        assert response.stop_reason == "tool_use"
+        calls = [b for b in response.content if isinstance(b, ToolUseBlock)]
+        assert calls, response.content
+        assert calls[0].name == "read_file"
+        assert calls[0].input["path"].endswith("config.py")
+        assert calls[0].id.startswith("toolu_local_")
+        assert shown == []  # a tool call is not streamed as text
+        assert response.usage.input_tokens > 100 and response.usage.output_tokens > 5
+    finally:
+        await model.aclose()
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_the_default_model_streams_text_and_reuses_the_cached_prefix() -> None:
+    model = LocalModel()
+    try:
+        first_turn = [Message.user_text("Reply with one short sentence: what is Python?")]
+        pieces: list[str] = []
+
+        async def on_text(piece: str) -> None:
+            pieces.append(piece)
+
+        response = await model.generate(
+            ModelRequest(system="Be brief.", messages=first_turn, max_tokens=48), on_text
+        )
+        assert response.stop_reason in ("end_turn", "max_tokens")
+        assert len(pieces) > 3
+        assert [TextBlock(text="".join(pieces).strip())] == response.content
+        assert model.last_stats is not None and model.last_stats.output_tokens > 3
+
+        # The next turn extends the prompt, so llama.cpp only prefills the new part.
+        second_turn = [
+            *first_turn,
+            Message(role="assistant", origin="model", content=response.content),
+            Message.user_text("Summarize that in three words."),
+        ]
+        memory = await model.generate(
+            ModelRequest(
+                system="Be brief.",
+                messages=second_turn,
+                max_tokens=10_000,
+                purpose="session-memory",
+            )
+        )
+        stats = model.last_stats
+        assert stats is not None
+        assert stats.reused_tokens >= response.usage.input_tokens - 1
+        assert memory.content and isinstance(memory.content[0], TextBlock)
+        assert memory.usage.output_tokens <= 512  # session-memory output is capped
+    finally:
+        await model.aclose()
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_tool_result_turn_continues_the_conversation() -> None:
+    model = LocalModel()
+    try:
+        call = ToolUseBlock(id="toolu_local_1", name="read_file", input={"path": "config.py"})
+        messages = [
+            Message.user_text("Read config.py and tell me the value of PORT."),
+            Message(role="assistant", origin="model", content=[call]),
+            Message(
+                role="user",
+                origin="tools",
+                content=[
+                    ToolResultBlock(
+                        tool_use_id=call.id, content="1\tHOST = 'localhost'\n2\tPORT = 8731"
+                    )
+                ],
+            ),
+        ]
+        response = await model.generate(
+            ModelRequest(system=SYSTEM, messages=messages, tools=[READ_FILE], max_tokens=96)
+        )
+        assert response.content
+        assert response.stop_reason in ("end_turn", "tool_use", "max_tokens")
+        text = " ".join(b.text for b in response.content if isinstance(b, TextBlock))
+        if response.stop_reason == "end_turn":
+            assert "8731" in text
+    finally:
+        await model.aclose()
+
+
+def hf_tojson(value: Any) -> str:
+    # transformers renders chat templates with this `tojson`, not Jinja's HTML-safe one.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def test_the_prompt_matches_the_chat_template_embedded_in_the_gguf() -> None:
+    import jinja2
+
+    model = LocalModel()
+    try:
+        template = model.chat_template
+        assert "<tool_call>" in template
+    finally:
+        model._llm.close()  # pyright: ignore[reportPrivateUsage]
+    call = ToolUseBlock(id="t1", name="read_file", input={"path": "config.py"})
+    messages = [
+        Message.user_text("What is in config.py?"),
+        Message(role="assistant", origin="model", content=[TextBlock(text="Looking."), call]),
+        Message(
+            role="user",
+            origin="tools",
+            content=[ToolResultBlock(tool_use_id="t1", content="1\tPORT = 1")],
+        ),
+        Message(role="assistant", origin="model", content=[TextBlock(text="PORT is 1.")]),
+        Message.user_text("Thanks."),
+    ]
+    ours = render_prompt(SYSTEM, messages, [READ_FILE, LIST_FILES])
+    environment = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    environment.filters["tojson"] = hf_tojson
+    theirs = environment.from_string(template).render(
+        messages=[
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "What is in config.py?"},
+            {
+                "role": "assistant",
+                "content": "Looking.",
+                "tool_calls": [
+                    {"function": {"name": "read_file", "arguments": {"path": "config.py"}}}
+                ],
+            },
+            {"role": "tool", "content": "1\tPORT = 1"},
+            {"role": "assistant", "content": "PORT is 1."},
+            {"role": "user", "content": "Thanks."},
+        ],
+        tools=[tool_entry(READ_FILE), tool_entry(LIST_FILES)],
+        add_generation_prompt=True,
+    )
+    assert ours == theirs

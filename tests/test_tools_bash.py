@@ -1,0 +1,244 @@
+"""bash: output and exit codes, caps, timeouts, and that no process outlives the runtime."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tools import (
+    AutoApprover,
+    ToolCall,
+    ToolContext,
+    ToolOutcome,
+    Toolset,
+    builtin_tools,
+    reap_leftover_processes,
+)
+
+pytestmark = pytest.mark.anyio
+REPO = Path(__file__).resolve().parents[1]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan stays a zombie until init reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_until(condition: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+async def wait_for_file(path: Path, seconds: float = 5.0) -> str:
+    """The file's text once a command has written it (no event tells us when)."""
+    file = anyio.Path(path)
+    with anyio.fail_after(seconds):
+        while not await file.exists() or not (await file.read_text()).strip():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    return (await file.read_text()).strip()
+
+
+def pgid_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[2])
+
+
+async def call(ctx: ToolContext, **input: Any) -> ToolOutcome:
+    [outcome] = await Toolset(builtin_tools()).execute(
+        [ToolCall("1", "bash", input)], ctx, AutoApprover()
+    )
+    return outcome
+
+
+async def test_bash_returns_merged_output_and_the_exit_code(tmp_path: Path) -> None:
+    outcome = await call(ToolContext(tmp_path), command="echo out; echo err >&2; exit 3")
+    assert (outcome.content, outcome.is_error) == ("out\nerr\n[exit code: 3]", False)
+
+
+async def test_bash_runs_in_the_workspace_with_no_input(tmp_path: Path) -> None:
+    ctx = ToolContext(tmp_path)
+    outcome = await call(ctx, command="pwd; cat; echo done")
+    assert outcome.content == f"{ctx.workspace}\ndone\n[exit code: 0]"
+
+
+async def test_bash_says_when_there_was_no_output(tmp_path: Path) -> None:
+    assert (
+        await call(ToolContext(tmp_path), command="true")
+    ).content == "(no output)\n[exit code: 0]"
+
+
+async def test_bash_keeps_the_head_and_tail_of_long_output(tmp_path: Path) -> None:
+    command = "echo START; head -c 200000 /dev/zero | tr '\\0' x; echo; echo END"
+    outcome = await call(ToolContext(tmp_path), command=command)
+    assert outcome.content.startswith("START\n") and outcome.content.endswith("END\n[exit code: 0]")
+    assert len(outcome.content) < 31_000
+    assert "bytes of output cut from the middle" in outcome.content
+    assert "read_file with offset/limit" in outcome.content
+
+
+async def test_bash_stops_background_processes_when_the_command_ends(tmp_path: Path) -> None:
+    outcome = await call(ToolContext(tmp_path), command="sleep 300 & echo $! > bg.pid")
+    assert outcome.content.endswith("[background processes the command left running were stopped]")
+    assert wait_until(lambda: not running(int((tmp_path / "bg.pid").read_text())))
+
+
+async def test_a_timed_out_command_returns_its_partial_output_and_its_group_is_killed(
+    tmp_path: Path,
+) -> None:
+    command = "trap '' TERM; sleep 300 & echo $! > bg.pid; echo partial; wait"
+    started = time.monotonic()
+    outcome = await call(ToolContext(tmp_path), command=command, timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert outcome.is_error
+    assert outcome.content.startswith("partial\n[timed out after 0.5 s;")
+    assert wait_until(lambda: not running(int((tmp_path / "bg.pid").read_text())))
+
+
+async def test_the_context_default_timeout_limits_bash(tmp_path: Path) -> None:
+    outcome = await call(ToolContext(tmp_path, default_timeout=0.3), command="sleep 30")
+    assert outcome.is_error and "timed out after 0.3 s" in outcome.content
+
+
+async def test_a_timeout_above_the_maximum_is_refused(tmp_path: Path) -> None:
+    outcome = await call(ToolContext(tmp_path), command="true", timeout=601)
+    assert (
+        outcome.is_error and "timeout: Input should be less than or equal to 600" in outcome.content
+    )
+
+
+async def test_cancelling_a_call_kills_its_process_group_and_propagates(tmp_path: Path) -> None:
+    registry = tmp_path / "state" / "processes.json"
+    ctx = ToolContext(tmp_path, process_registry=registry)
+    finished = False
+    background = 0
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            nonlocal finished
+            await call(ctx, command="sleep 300 & echo $! > bg.pid; wait")
+            finished = True
+
+        tg.start_soon(run)
+        background = int(await wait_for_file(tmp_path / "bg.pid"))
+        [recorded] = json.loads(registry.read_text())["groups"]
+        assert recorded["pgid"] == pgid_of(background)
+        tg.cancel_scope.cancel()
+    assert not finished
+    assert wait_until(lambda: not running(background))
+    assert json.loads(registry.read_text())["groups"] == []
+
+
+async def test_a_finished_call_leaves_the_process_registry_empty(tmp_path: Path) -> None:
+    registry = tmp_path / "processes.json"
+    await call(ToolContext(tmp_path, process_registry=registry), command="echo hi")
+    assert json.loads(registry.read_text()) == {"groups": []}
+
+
+RUNTIME = """
+import sys
+from pathlib import Path
+import anyio
+sys.path.insert(0, {repo!r})
+from tools import ToolContext, builtin_tools
+
+async def main() -> None:
+    ctx = ToolContext(Path(sys.argv[1]), process_registry=Path(sys.argv[2]))
+    [bash] = [t for t in builtin_tools() if t.name == "bash"]
+    await bash.run({{"command": "sleep 300 & echo $! > bg.pid; wait"}}, ctx)
+
+anyio.run(main, backend={backend!r})
+"""
+
+
+def start_runtime(
+    workspace: Path, registry: Path, backend: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    script = RUNTIME.format(repo=str(REPO), backend=backend)
+    runtime = subprocess.Popen([sys.executable, "-c", script, str(workspace), str(registry)])
+    assert wait_until(
+        lambda: (workspace / "bg.pid").exists() and (workspace / "bg.pid").read_text().strip(), 10
+    )
+    return runtime, int((workspace / "bg.pid").read_text())
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_processes_die_with_the_runtime_even_on_kill_9(tmp_path: Path, backend: str) -> None:
+    registry = tmp_path / "processes.json"
+    runtime, background = start_runtime(tmp_path, registry, backend)
+    assert running(background)
+    runtime.kill()
+    runtime.wait()
+    assert wait_until(lambda: not running(background))
+    assert reap_leftover_processes(registry) == 0  # nothing was left to reap
+    assert json.loads(registry.read_text()) == {"groups": []}
+
+
+def test_reaping_kills_groups_a_dead_runtime_left_behind(tmp_path: Path) -> None:
+    registry = tmp_path / "processes.json"
+    runtime, background = start_runtime(tmp_path, registry, "asyncio")
+    supervisor = pgid_of(background)
+    os.kill(supervisor, signal.SIGSTOP)  # the supervisor cannot act on the runtime's death
+    try:
+        runtime.kill()
+        runtime.wait()
+        time.sleep(0.2)
+        assert running(background)
+        assert reap_leftover_processes(registry) == 1
+        assert wait_until(lambda: not running(background))
+        assert json.loads(registry.read_text()) == {"groups": []}
+    finally:
+        if running(supervisor):
+            os.killpg(supervisor, signal.SIGKILL)
+
+
+def test_reaping_never_kills_a_process_whose_pid_was_reused(tmp_path: Path) -> None:
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        registry = tmp_path / "processes.json"
+        entry = {"pgid": stranger.pid, "start_time": 1, "owner_pid": 999_999_999, "command": "x"}
+        registry.write_text(json.dumps({"groups": [entry]}))
+        assert reap_leftover_processes(registry) == 0
+        time.sleep(0.05)
+        assert stranger.poll() is None
+        assert json.loads(registry.read_text()) == {"groups": []}
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+async def test_reaping_leaves_the_groups_of_a_running_runtime_alone(tmp_path: Path) -> None:
+    registry = tmp_path / "processes.json"
+    ctx = ToolContext(tmp_path, process_registry=registry)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(call, ctx, command="sleep 300 & echo $! > bg.pid; wait"))
+        background = int(await wait_for_file(tmp_path / "bg.pid"))
+        assert reap_leftover_processes(registry) == 0
+        assert running(background)
+        assert len(json.loads(registry.read_text())["groups"]) == 1
+        tg.cancel_scope.cancel()
+
+
+def test_reaping_a_missing_or_damaged_registry_is_harmless(tmp_path: Path) -> None:
+    assert reap_leftover_processes(tmp_path / "none.json") == 0
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"groups": [')
+    assert reap_leftover_processes(damaged) == 0
+    assert json.loads(damaged.read_text()) == {"groups": []}
