@@ -233,7 +233,8 @@ def _tidemark_error(exc: BaseException) -> TidemarkError | None:
     if isinstance(exc, TidemarkError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        for inner in cast("tuple[BaseException, ...]", exc.exceptions):
+        group = cast("BaseExceptionGroup[BaseException]", exc)
+        for inner in group.exceptions:
             found = _tidemark_error(inner)
             if found is not None:
                 return found

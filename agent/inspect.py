@@ -40,6 +40,7 @@ __all__ = [
     "Summary",
     "estimate_cost",
     "inspect_command",
+    "price_for",
     "read_events",
     "summarize",
 ]
@@ -57,11 +58,12 @@ class Price:
     cache_write: float
 
 
-PRICES_AS_OF = "2025-11-25"
-PRICES_SOURCE = "https://www.anthropic.com/pricing (API list prices, 5-minute cache writes)"
-# Keyed by model name prefix; the longest matching prefix wins (dated names match too).
+# The same source and date as benchmarks/prices.py. Cache writes at the 5-minute rate.
+PRICES_AS_OF = "2025-11-15"
+PRICES_SOURCE = "https://docs.claude.com/en/docs/about-claude/pricing"
+# Keyed by model name; dated names and aliases match too ("claude-sonnet-4-5-20250929",
+# "claude-sonnet-4-0", "...-latest"), newer models do not ("claude-opus-4-5" is not "-4").
 PRICES: dict[str, Price] = {
-    "claude-opus-4-5": Price(5.0, 25.0, 0.50, 6.25),
     "claude-opus-4-1": Price(15.0, 75.0, 1.50, 18.75),
     "claude-opus-4": Price(15.0, 75.0, 1.50, 18.75),
     "claude-sonnet-4-5": Price(3.0, 15.0, 0.30, 3.75),
@@ -72,9 +74,14 @@ PRICES: dict[str, Price] = {
 }
 
 
+_VERSION_TAIL = re.compile(r"(-\d{8}|-latest|-0)?")
+
+
 def price_for(model: str) -> Price | None:
-    matches = [prefix for prefix in PRICES if model.startswith(prefix)]
-    return PRICES[max(matches, key=len)] if matches else None
+    for name, price in PRICES.items():
+        if model.startswith(name) and _VERSION_TAIL.fullmatch(model[len(name) :]):
+            return price
+    return None
 
 
 def estimate_cost(

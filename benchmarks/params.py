@@ -30,9 +30,9 @@ class Params:
     # Runtime overhead and scale.
     overhead_sizes: tuple[int, ...] = (10, 100, 1_000, 10_000)
     scale_sessions: tuple[int, ...] = (1, 10, 100)
-    scale_reads: int = 30
+    scale_reads: int = 16
     scale_compact_at: int = 20_000
-    scale_time_scale: float = 0.1
+    scale_time_scale: float = 1.0  # real time: compressing time would overstate the CPU load
     strategies: tuple[str, ...] = field(
         default=("none", "blocking", "langchain", "tidemark", "tidemark-short")
     )
@@ -71,8 +71,8 @@ def quick() -> Params:
         max_turns=80,
         overhead_sizes=(10, 100, 1_000),
         scale_sessions=(1, 10),
-        scale_reads=12,
-        scale_time_scale=0.02,
+        scale_reads=8,
+        scale_time_scale=0.1,
         strategies=("none", "blocking", "langchain", "tidemark"),
         quick=True,
     )

@@ -10,7 +10,7 @@ Python API::
     from agent import Agent
     from examples.custom_tool import count_lines
 
-    agent = Agent(tools=[count_lines])   # added to the built-in tools
+    agent = Agent(model, tools=[count_lines])   # added to the built-in tools
 
 Command line (from the repository root, or from ``examples/``)::
 

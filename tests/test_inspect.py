@@ -13,7 +13,14 @@ import pytest
 from rich.console import Console
 
 from agent.cli import main
-from agent.inspect import estimate_cost, summarize
+from agent.inspect import (
+    PRICES,
+    PRICES_AS_OF,
+    PRICES_SOURCE,
+    estimate_cost,
+    price_for,
+    summarize,
+)
 from agent.progress import PlainProgress, RichProgress, make_progress
 
 RECORDED = Path(__file__).parent / "data" / "recorded-session"
@@ -121,7 +128,7 @@ def test_inspect_summary_totals_come_from_the_events(
     failed = len(named(events, "memory_update_failed"))
     assert f"{committed} committed, {failed} failed" in summary
     assert "estimated cost       $" in summary
-    assert "as of 2025-11-25" in summary
+    assert f"as of {PRICES_AS_OF}, from {PRICES_SOURCE}" in summary
     assert "longest stall" in summary
 
 
@@ -134,6 +141,9 @@ def test_cost_uses_the_price_table_and_says_so_for_unknown_models() -> None:
         cache_write=0,
     )
     assert cost == pytest.approx(3.0 + 15.0 + 0.30)
+    assert price_for("claude-sonnet-4-20250514") == PRICES["claude-sonnet-4"]
+    assert price_for("claude-opus-4-0") == PRICES["claude-opus-4"]
+    assert price_for("claude-opus-4-5") is None  # not the price of claude-opus-4
     events = [{"event": "session_started", "model": "qwen2.5-coder-7b.gguf"}]
     summary = summarize("s", events)
     assert summary.estimated_cost_usd is None

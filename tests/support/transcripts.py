@@ -11,6 +11,7 @@ running (`pending`): no request is ever built from that last message.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from random import Random
 from typing import Any
 
 from hypothesis import strategies as st
@@ -68,108 +69,114 @@ def tool_output(size: int, seed: int = 0) -> str:
     return (line * repeats)[:size]
 
 
-def _tool_input(draw: st.DrawFn, name: str, n: int) -> dict[str, Any]:
-    path = draw(st.sampled_from(_PATHS))
+def _tool_input(rng: Random, name: str, n: int) -> dict[str, Any]:
+    path = rng.choice(_PATHS)
     if name == "read_file":
-        return {"path": path} if draw(st.booleans()) else {"path": path, "offset": n, "limit": 50}
+        return {"path": path} if rng.random() < 0.5 else {"path": path, "offset": n, "limit": 50}
     if name == "write_file":
-        return {"path": path, "content": f"print({n})\n" * draw(st.integers(1, 40))}
+        return {"path": path, "content": f"print({n})\n" * rng.randint(1, 40)}
     if name == "edit_file":
         return {"path": path, "old_string": f"x = {n}", "new_string": f"x = {n + 1}"}
     if name == "list_files":
-        return {} if draw(st.booleans()) else {"path": "src", "pattern": "*.py"}
+        return {} if rng.random() < 0.5 else {"path": "src", "pattern": "*.py"}
     if name == "grep":
         return {"pattern": f"handler_{n}", "path": "src"}
     return {"command": f"pytest -q tests/test_{n}.py"}
 
 
-_SIZES = st.one_of(
-    st.integers(0, 300), st.integers(300, 4_000), st.integers(4_000, 20_000), st.just(0)
-)
+def _result_size(rng: Random) -> int:
+    """Tool output sizes spread over orders of magnitude: empty, small, large, huge."""
+    bucket = rng.randrange(8)
+    if bucket == 0:
+        return 0
+    if bucket < 4:
+        return rng.randint(1, 300)
+    if bucket < 6:
+        return rng.randint(300, 4_000)
+    return rng.randint(4_000, 20_000)
 
 
-class _Ids:
+class _Builder:
+    """Builds messages with sequential ids; details come from a seeded RNG per step.
+
+    Hypothesis draws only the shape (kind of each step and its seed): drawing every size and
+    name separately made generation the slowest part of the suite.
+    """
+
     def __init__(self) -> None:
-        self.message = 0
-        self.tool = 0
+        self.messages = 0
+        self.tools = 0
 
-    def message_id(self) -> str:
-        self.message += 1
-        return f"msg_{self.message:05d}"
-
-    def tool_id(self) -> str:
-        self.tool += 1
-        return f"toolu_{self.tool:05d}"
-
-
-def _message(ids: _Ids, role: str, origin: str, content: list[ContentBlock]) -> Message:
-    return Message.model_validate(
-        {
-            "id": ids.message_id(),
-            "role": role,
-            "origin": origin,
-            "content": content,
-            "created_at": _CREATED_AT,
-        }
-    )
-
-
-def _assistant_text(draw: st.DrawFn, n: int) -> str:
-    size = draw(st.sampled_from((20, 80, 400, 2_000)))
-    return (f"Step {n}: I will look at the handler and fix the failing test. " * 40)[:size]
-
-
-@st.composite
-def _tool_turn(draw: st.DrawFn, ids: _Ids, *, pending: bool) -> list[Message]:
-    n = ids.message
-    count = draw(st.integers(1, 4))
-    blocks: list[ContentBlock] = []
-    if draw(st.integers(0, 9)) == 0:
-        thought = f"Thinking about step {n}."
-        blocks.append(ThinkingBlock(thinking=thought, signature=signature_for(thought)))
-    if draw(st.booleans()):
-        blocks.append(TextBlock(text=_assistant_text(draw, n)))
-    uses: list[ToolUseBlock] = []
-    for _ in range(count):
-        name = draw(st.sampled_from(TOOL_NAMES))
-        uses.append(ToolUseBlock(id=ids.tool_id(), name=name, input=_tool_input(draw, name, n)))
-    assistant = _message(ids, "assistant", "model", [*blocks, *uses])
-    if pending:
-        return [assistant]
-    order = draw(st.permutations(uses)) if count > 1 and draw(st.booleans()) else uses
-    results: list[ContentBlock] = [
-        ToolResultBlock(
-            tool_use_id=use.id,
-            content=tool_output(draw(_SIZES), seed=k),
-            is_error=draw(st.integers(0, 5)) == 0,
+    def message(self, role: str, origin: str, content: list[ContentBlock]) -> Message:
+        self.messages += 1
+        return Message.model_validate(
+            {
+                "id": f"msg_{self.messages:05d}",
+                "role": role,
+                "origin": origin,
+                "content": content,
+                "created_at": _CREATED_AT,
+            }
         )
-        for k, use in enumerate(order)
-    ]
-    if draw(st.integers(0, 7)) == 0:
-        results.append(TextBlock(text="(the user pressed Ctrl-C: tools were interrupted)"))
-    return [assistant, _message(ids, "user", "tools", results)]
+
+    def assistant_text(self, rng: Random) -> str:
+        size = rng.choice((20, 80, 400, 2_000))
+        line = f"Step {self.messages}: I will look at the handler and fix the failing test. "
+        return (line * 40)[:size]
+
+    def tool_turn(self, rng: Random, *, pending: bool) -> list[Message]:
+        blocks: list[ContentBlock] = []
+        if rng.random() < 0.1:
+            thought = f"Thinking about step {self.messages}."
+            blocks.append(ThinkingBlock(thinking=thought, signature=signature_for(thought)))
+        if rng.random() < 0.5:
+            blocks.append(TextBlock(text=self.assistant_text(rng)))
+        uses: list[ToolUseBlock] = []
+        for _ in range(rng.randint(1, 4)):
+            self.tools += 1
+            name = rng.choice(TOOL_NAMES)
+            tool_input = _tool_input(rng, name, self.messages)
+            uses.append(ToolUseBlock(id=f"toolu_{self.tools:05d}", name=name, input=tool_input))
+        assistant = self.message("assistant", "model", [*blocks, *uses])
+        if pending:
+            return [assistant]
+        order = list(uses)
+        if rng.random() < 0.3:
+            rng.shuffle(order)  # results may come in any order, as long as they come first
+        results: list[ContentBlock] = [
+            ToolResultBlock(
+                tool_use_id=use.id,
+                content=tool_output(_result_size(rng), seed=k),
+                is_error=rng.random() < 0.15,
+            )
+            for k, use in enumerate(order)
+        ]
+        if rng.random() < 0.12:
+            results.append(TextBlock(text="(the user pressed Ctrl-C: tools were interrupted)"))
+        return [assistant, self.message("user", "tools", results)]
+
+    def user_or_runtime(self, rng: Random) -> Message:
+        n = self.messages + 1
+        if rng.random() < 0.5:
+            size = rng.choice((10, 200, 3_000))
+            text = (f"Instruction {n}: also keep the public API stable and add a test. " * 60)[:size]
+            return self.message("user", "user", [TextBlock(text=f"[{n}] {text}")])
+        return self.message("user", "runtime", [TextBlock(text=f"[runtime notice {n}] continue.")])
+
+    def step(self, kind: str, rng: Random) -> list[Message]:
+        if kind == "tools":
+            return self.tool_turn(rng, pending=False)
+        if kind == "text":
+            # A text-only answer; the user (or the runtime's nudge) speaks next.
+            reply = self.message("assistant", "model", [TextBlock(text=self.assistant_text(rng))])
+            return [reply, self.user_or_runtime(rng)]
+        return [self.user_or_runtime(rng)]
 
 
-@st.composite
-def _step(draw: st.DrawFn, ids: _Ids) -> list[Message]:
-    kind = draw(st.sampled_from(("tools", "tools", "tools", "tools", "text", "note")))
-    if kind == "tools":
-        return draw(_tool_turn(ids, pending=False))
-    if kind == "text":
-        # A text-only answer; the user (or the runtime's nudge) speaks next.
-        n = ids.message
-        reply = _message(ids, "assistant", "model", [TextBlock(text=_assistant_text(draw, n))])
-        return [reply, _user_or_runtime(draw, ids)]
-    return [_user_or_runtime(draw, ids)]
-
-
-def _user_or_runtime(draw: st.DrawFn, ids: _Ids) -> Message:
-    n = ids.message + 1
-    if draw(st.booleans()):
-        words = draw(st.sampled_from((10, 200, 3_000)))
-        text = (f"Instruction {n}: also keep the public API stable and add a test. " * 60)[:words]
-        return _message(ids, "user", "user", [TextBlock(text=f"[{n}] {text}")])
-    return _message(ids, "user", "runtime", [TextBlock(text=f"[runtime notice {n}] continue.")])
+_STEP = st.tuples(
+    st.sampled_from(("tools", "tools", "tools", "tools", "text", "note")),
+    st.integers(0, 2**32 - 1),
+)
 
 
 @st.composite
@@ -181,23 +188,15 @@ def sessions(
     leading_summary: bool | None = None,
 ) -> GeneratedSession:
     """A random valid session; ``pending``/``leading_summary`` force a shape when not None."""
-    ids = _Ids()
-    task = draw(st.sampled_from((40, 600, 6_000)))
-    transcript = [
-        _message(
-            ids,
-            "user",
-            "user",
-            [TextBlock(text=("Task: fix the failing handler test in src/app.py. " * 200)[:task])],
-        )
-    ]
-    for _ in range(draw(st.integers(0, max_steps))):
-        transcript += draw(_step(ids))
-    if pending if pending is not None else draw(st.integers(0, 4)) == 0:
-        transcript += draw(_tool_turn(ids, pending=True))
-        is_pending = True
-    else:
-        is_pending = False
+    build = _Builder()
+    task_size, task_seed = draw(st.tuples(st.sampled_from((40, 600, 6_000)), st.integers(0, 9)))
+    task = ("Task: fix the failing handler test in src/app.py. " * 200)[:task_size]
+    transcript = [build.message("user", "user", [TextBlock(text=f"{task} #{task_seed}")])]
+    for kind, seed in draw(st.lists(_STEP, max_size=max_steps)):
+        transcript += build.step(kind, Random(seed))
+    is_pending = pending if pending is not None else draw(st.integers(0, 4)) == 0
+    if is_pending:
+        transcript += build.tool_turn(Random(draw(st.integers(0, 2**32 - 1))), pending=True)
     positions = {m.id: i for i, m in enumerate(transcript)}
     context = list(transcript)
     cuts = [

@@ -1,0 +1,180 @@
+"""``python -m benchmarks``: the compaction benchmark, side by side, with tables and plots.
+
+    python -m benchmarks                 # full run (≤ 10 min on 2 cores), writes benchmarks/results/
+    python -m benchmarks --quick         # CI run (≤ 60 s), writes to a temporary folder
+    python -m benchmarks --show          # print the committed side-by-side table
+
+Strategies (one scripted long coding session, each against the strict local Messages API
+server with the latency model and prompt caching): no compaction, blocking full summary,
+LangChain ``create_agent`` + ``SummarizationMiddleware``, tidemark session memory. Then the
+runtime overhead per turn as the transcript grows, and 1/10/100 sessions in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import params as presets
+from benchmarks.concurrency import ScaleRow, run_scale
+from benchmarks.overhead import OverheadRow, measure_overhead
+from benchmarks.params import Params
+from benchmarks.report import (
+    compaction_table,
+    overhead_table,
+    plots,
+    scale_table,
+    side_by_side,
+    targets,
+)
+from benchmarks.strategies import LABELS, StrategyResult, run_strategy
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CI mode: ≤ 60 s")
+    p.add_argument("--time-scale", type=float, help="multiply every model sleep by this")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, "
+                   "or a temporary folder with --quick)")
+    p.add_argument("--strategies", help="comma-separated subset of: " + ", ".join(LABELS))
+    p.add_argument("--reads", type=int, help="file-reading turns in the session")
+    p.add_argument("--sessions", help="concurrency levels, e.g. 1,10,100 ('' to skip)")
+    p.add_argument("--no-overhead", action="store_true", help="skip the overhead benchmark")
+    p.add_argument("--show", action="store_true", help="print the results table and exit")
+    return p.parse_args(argv)
+
+
+def _params(args: argparse.Namespace) -> Params:
+    params = presets.quick() if args.quick else presets.full()
+    changes: dict[str, object] = {}
+    if args.time_scale is not None:
+        changes["time_scale"] = args.time_scale
+    if args.strategies:
+        changes["strategies"] = tuple(s.strip() for s in args.strategies.split(",") if s)
+    if args.reads is not None:
+        changes["reads"] = args.reads
+    if args.sessions is not None:
+        changes["scale_sessions"] = tuple(int(s) for s in args.sessions.split(",") if s)
+    if args.no_overhead:
+        changes["overhead_sizes"] = ()
+    return dataclasses.replace(params, **changes)
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(params: Params, out: Path) -> str:
+    """Run everything, write tables, plots and raw figures to `out`; return the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    _log(f"benchmarks: {params.describe()}")
+    results: list[StrategyResult] = []
+    skipped: list[str] = []
+    has_langchain = all(
+        importlib.util.find_spec(m) is not None for m in ("langchain", "langchain_anthropic")
+    )
+    with tempfile.TemporaryDirectory(prefix="tidemark-bench-") as tmp:
+        work = Path(tmp)
+        for name in params.strategies:
+            if name.startswith("langchain") and not has_langchain:
+                skipped.append(
+                    f"{LABELS[name]}: skipped, LangChain is not installed "
+                    "(pip install '.[bench]'); no figures are given for it."
+                )
+                _log(f"benchmarks: {skipped[-1]}")
+                continue
+            t0 = time.monotonic()
+            result = run_strategy(name, params, work)
+            _log(f"benchmarks: {result.label}: {result.outcome}, {len(result.compactions)} "
+                 f"compactions, {time.monotonic() - t0:.0f} s")
+            if result.outcome in ("unavailable",) or result.outcome.startswith("exit"):
+                skipped.append(f"{result.label}: could not run ({result.error}); no figures.")
+                continue
+            results.append(result)
+        overhead: list[OverheadRow] = []
+        if params.overhead_sizes:
+            overhead = measure_overhead(params.overhead_sizes)
+            _log(f"benchmarks: overhead measured up to {params.overhead_sizes[-1]:,} messages")
+        scale: list[ScaleRow] = []
+        for n in params.scale_sessions:
+            t0 = time.monotonic()
+            scale.append(run_scale(n, params, work))
+            _log(f"benchmarks: {n} concurrent sessions, {time.monotonic() - t0:.0f} s")
+    summary = _write(out, params, results, skipped, overhead, scale, time.monotonic() - started)
+    return summary
+
+
+def _write(
+    out: Path,
+    params: Params,
+    results: list[StrategyResult],
+    skipped: list[str],
+    overhead: list[OverheadRow],
+    scale: list[ScaleRow],
+    elapsed: float,
+) -> str:
+    notes = "".join(f"\n- {s}" for s in skipped)
+    summary = (
+        "# Compaction benchmark: the same session, four strategies\n\n"
+        f"Generated by `python -m benchmarks{' --quick' if params.quick else ''}` in "
+        f"{elapsed:.0f} s.\n\n"
+        + side_by_side(results, params)
+        + ("\n\nSkipped:" + notes if notes else "")
+        + "\n\n## Targets\n\n"
+        + targets(results, overhead, scale)
+        + "\n"
+    )
+    (out / "summary.md").write_text(summary)
+    (out / "compactions.md").write_text(
+        "# Every compaction\n\n" + compaction_table(results) + "\n"
+    )
+    if overhead:
+        (out / "overhead.md").write_text(
+            "# Runtime overhead per turn (model and tools excluded)\n\n"
+            + overhead_table(overhead) + "\n"
+        )
+    if scale:
+        (out / "scale.md").write_text(
+            "# Concurrent sessions in one process\n\n" + scale_table(scale) + "\n"
+        )
+    raw = {
+        "params": params.as_dict(),
+        "strategies": [dataclasses.asdict(r) for r in results],
+        "skipped": skipped,
+        "overhead": [dataclasses.asdict(r) for r in overhead],
+        "scale": [dataclasses.asdict(r) for r in scale],
+    }
+    (out / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
+    plots(out, results, overhead, scale)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.show:
+        path = (args.out or RESULTS) / "summary.md"
+        if not path.exists():
+            print(f"no results at {path}: run `python -m benchmarks` first", file=sys.stderr)
+            return 2
+        print(path.read_text())
+        return 0
+    params = _params(args)
+    out = args.out or (Path(tempfile.mkdtemp(prefix="tidemark-bench-quick-")) if args.quick
+                       else RESULTS)
+    print(run(params, out))
+    _log(f"benchmarks: tables and plots in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
