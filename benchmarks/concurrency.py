@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks.params import Params
 from benchmarks.script import StepScript
-from benchmarks.strategies import ROOT, percentile
+from benchmarks.strategies import ROOT, percentile, quiet_disconnects
 from tests.support.fakeapi import FakeMessagesAPI, LatencyModel
 from tests.support.sessions import LongSession, write_repository
 
@@ -27,6 +27,7 @@ class ScaleRow:
     compactions: int
     memory_updates: int
     wall_s: float  # measured, at the scale's time compression
+    cpu_s: float  # CPU time of the sessions' process
     time_scale: float
     lag_p50_ms: float
     lag_p99_ms: float
@@ -37,6 +38,10 @@ class ScaleRow:
     samples: int
     samples_updating: int
     invalid: int
+
+    @property
+    def cpu_ms_per_turn(self) -> float:
+        return self.cpu_s * 1000 / self.turns if self.turns else 0.0
 
     @property
     def turns_per_s(self) -> float:
@@ -62,6 +67,7 @@ def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with FakeMessagesAPI(script, latency=latency, context_window=window) as api:
+        quiet_disconnects(api)
         subprocess.run(
             [sys.executable, "-m", "benchmarks.scale", api.url, str(root), str(n), str(out),
              "--context-window", str(window), "--compact-at", str(params.scale_compact_at)],
@@ -99,6 +105,7 @@ def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
         compactions=compactions,
         memory_updates=updates,
         wall_s=data["wall_s"],
+        cpu_s=data["cpu_s"],
         time_scale=params.scale_time_scale,
         lag_p50_ms=percentile(lags, 50),
         lag_p99_ms=percentile(lags, 99),

@@ -184,11 +184,12 @@ def overhead_statement(rows: Sequence[OverheadRow]) -> str:
 
 def scale_table(rows: Sequence[ScaleRow]) -> str:
     header = ["sessions", "finished", "turns", "compactions", "memory updates committed",
-              "wall (s)", "turns/s", "lag p50", "lag p99", "lag max",
+              "wall (s)", "turns/s", "CPU per turn", "lag p50", "lag p99", "lag max",
               "lag p99 during updates", "lag p99 / max incl. warm-up", "invalid"]
     body = [
         [str(r.sessions), str(r.finished), str(r.turns), str(r.compactions),
          str(r.memory_updates), f"{r.wall_s:.1f}", f"{r.turns_per_s:.1f}",
+         _ms(r.cpu_ms_per_turn),
          _ms(r.lag_p50_ms), _ms(r.lag_p99_ms), _ms(r.lag_max_ms),
          _ms(r.lag_p99_updating_ms), f"{_ms(r.lag_p99_all_ms)} / {_ms(r.lag_max_all_ms)}",
          str(r.invalid)]

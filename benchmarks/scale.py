@@ -55,6 +55,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             await model.aclose()
 
     started = time.monotonic()
+    cpu_started = time.process_time()
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker)
         async with anyio.create_task_group() as sessions:
@@ -63,6 +64,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         running = False
     return {
         "wall_s": time.monotonic() - started,
+        "cpu_s": time.process_time() - cpu_started,
         "outcomes": outcomes,
         "lags": lags,
     }

@@ -96,6 +96,13 @@ class StrategyResult:
         return sum(t[key] for t in self.tokens.values())
 
 
+def quiet_disconnects(api: FakeMessagesAPI) -> None:
+    """Clients closing idle keep-alive connections at exit are not errors worth a traceback."""
+    server = api._server  # pyright: ignore[reportPrivateUsage]
+    if server is not None:
+        server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+
+
 def _command(name: str, params: Params, url: str, ws: Path, out: Path) -> list[str]:
     py = sys.executable
     limits = ["--compact-at", str(params.compact_at), "--max-turns", str(params.max_turns)]
@@ -128,6 +135,7 @@ def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with FakeMessagesAPI(script, latency=latency, context_window=params.context_window) as api:
+        quiet_disconnects(api)
         env["ANTHROPIC_BASE_URL"] = api.url
         env["ANTHROPIC_API_KEY"] = "bench"
         started = time.monotonic()

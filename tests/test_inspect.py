@@ -206,6 +206,13 @@ def test_list_shows_each_session_with_task_turns_compactions_and_state(
     assert "with details" not in out
     assert "unfinished" in second
 
+    _, latest, _ = inspect(capsys, "--workspace", str(workspace))
+    assert "task: second task" in latest  # the latest session by default
+    assert "COMPACTION" not in latest
+    _, chosen, _ = inspect(capsys, "--workspace", str(workspace), "--session", RECORDED_ID)
+    assert "task: fix the restock bug" in chosen
+    assert "COMPACTION" in chosen
+
 
 # -- --messages ------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,12 +51,8 @@ LIST_FILES = ToolSpec(
 TOOLS = [READ_FILE, LIST_FILES]
 
 
-def ids() -> itertools.count[int]:
-    return itertools.count(1)
-
-
-def new_id_factory():
-    counter = ids()
+def new_id_factory() -> Callable[[], str]:
+    counter = itertools.count(1)
     return lambda: f"toolu_local_{next(counter)}"
 
 
@@ -214,6 +211,12 @@ def test_several_tool_calls_and_surrounding_text_are_kept_in_order() -> None:
         ToolUseBlock(id="toolu_local_1", name="list_files", input={}),
         ToolUseBlock(id="toolu_local_2", name="read_file", input={"path": "a.py"}),
     ]
+
+
+def test_a_call_repeated_in_one_reply_is_kept_once() -> None:
+    call = '<tool_call>\n{"name": "read_file", "arguments": {"path": "a.py"}}\n</tool_call>'
+    content = parse_reply(f"{call}\n{call}", TOOLS, new_id_factory()).content
+    assert content == [ToolUseBlock(id="toolu_local_1", name="read_file", input={"path": "a.py"})]
 
 
 def test_plain_text_stays_text() -> None:

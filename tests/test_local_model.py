@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
 
 from agent.errors import ProviderUnavailableError
@@ -199,3 +200,36 @@ def test_the_prompt_matches_the_chat_template_embedded_in_the_gguf() -> None:
         add_generation_prompt=True,
     )
     assert ours == theirs
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_cancelled_generation_leaves_the_model_usable() -> None:
+    model = LocalModel()
+    try:
+        streaming = anyio.Event()
+
+        async def on_text(piece: str) -> None:
+            streaming.set()
+
+        long_request = ModelRequest(
+            system="Be helpful.",
+            messages=[Message.user_text("Count from 1 to 300, one number per line.")],
+            max_tokens=400,
+        )
+        async with anyio.create_task_group() as group:
+            group.start_soon(model.generate, long_request, on_text)
+            await streaming.wait()
+            group.cancel_scope.cancel()
+
+        response = await model.generate(
+            ModelRequest(
+                system="Be brief.",
+                messages=[Message.user_text("Say OK.")],
+                max_tokens=8,
+            )
+        )
+        assert response.content and isinstance(response.content[0], TextBlock)
+        assert response.usage.output_tokens <= 9
+    finally:
+        await model.aclose()

@@ -124,6 +124,13 @@ def _has_gguf_magic(path: Path) -> bool:
         return False
 
 
+def _check_model_file(path: Path) -> None:
+    if not path.is_file():
+        raise ProviderUnavailableError(f"model file not found: {path}")
+    if not _has_gguf_magic(path):
+        raise ProviderUnavailableError(f"not a GGUF model file: {path}")
+
+
 def join_model_parts(
     parts: Sequence[Path],
     target: Path,
@@ -305,14 +312,9 @@ class LocalModel:
         seed: int = 0,
     ) -> None:
         if model_path is not None:
-            path = Path(model_path).expanduser()
-            if not path.is_file():
-                raise ProviderUnavailableError(f"model file not found: {path}")
-            if not _has_gguf_magic(path):
-                raise ProviderUnavailableError(f"not a GGUF model file: {path}")
+            _check_model_file(Path(model_path).expanduser())
         llama_cpp = _import_llama_cpp()
-        if model_path is None:
-            path = default_model_path()
+        path = default_model_path() if model_path is None else Path(model_path).expanduser()
         cores = _available_cores()
         # One generation thread per two cores: decoding a token is many small steps with a
         # barrier each, and when another process takes a core the other threads spin (on 2

@@ -280,7 +280,8 @@ def parse_reply(text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str])
     Calls come in ``<tool_call>`` tags (the trained format), or as JSON fenced or bare,
     which small models write when unconstrained. A tagged call that does not parse, or
     names an unknown tool, stays in the text and is counted as malformed, so the model
-    sees what it wrote rather than a silently dropped call.
+    sees what it wrote rather than a silently dropped call. A call repeated verbatim in the
+    same reply is kept once.
     """
     names = {spec.name for spec in tools}
     content: list[ContentBlock] = []
@@ -295,6 +296,10 @@ def parse_reply(text: str, tools: Sequence[ToolSpec], new_id: Callable[[], str])
             continue
         kept_text.append(text[position : match.start()])
         position = match.end()
+        if any(
+            isinstance(b, ToolUseBlock) and (b.name, b.input) == call for b in content
+        ):  # small models repeat a call within one reply; running it twice helps nobody
+            continue
         content.append(ToolUseBlock(id=new_id(), name=call[0], input=call[1]))
     kept_text.append(text[position:])
     prose = "".join(kept_text).strip()

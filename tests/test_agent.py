@@ -1,0 +1,90 @@
+"""The Agent with the shipped ScriptedModel: loop behaviour, guardrails, events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+import agent
+import tools
+from agent import Agent, ScriptedModel, Settings
+from agent.events import EVENT_KEYS
+from agent.messages import ToolResultBlock
+
+pytestmark = pytest.mark.anyio
+
+
+def _settings(tmp_path: Path, **kw: object) -> Settings:
+    return Settings(workspace=tmp_path, auto_approve=True, **kw)  # type: ignore[arg-type]
+
+
+async def test_an_agent_reads_a_file_and_answers_with_a_scripted_model(tmp_path: Path) -> None:
+    (tmp_path / "config.py").write_text("PORT = 8042\n")
+    model = ScriptedModel(
+        [ScriptedModel.call("read_file", path="config.py"), ScriptedModel.reply("PORT is 8042")]
+    )
+    result = await Agent(model, settings=_settings(tmp_path)).run("What is PORT?")
+    assert result.outcome == "finished" and result.final_text == "PORT is 8042"
+    results = [b for b in model.requests[-1].messages[-1].content if isinstance(b, ToolResultBlock)]
+    assert "PORT = 8042" in results[0].content
+
+
+async def test_every_event_carries_its_documented_keys(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x\n" * 3000)
+    steps = [ScriptedModel.call("read_file", path="a.txt") for _ in range(8)]
+    model = ScriptedModel([*steps, ScriptedModel.reply("done")])
+    settings = _settings(
+        tmp_path, compact_at=4000, memory_init_tokens=1000, memory_update_tokens=500
+    )
+    with capture_logs() as logs:
+        await Agent(model, settings=settings).run("read it")
+    names = {log["event"] for log in logs}
+    assert {
+        "turn_finished",
+        "tool_call",
+        "memory_update_started",
+        "summary_boundary",
+        "memory_update_committed",
+        "compaction",
+        "session_finished",
+    } <= names
+    for log in logs:
+        assert "timestamp" in log and "session_id" in log
+        for key in EVENT_KEYS.get(log["event"], ()):
+            assert key in log, (log["event"], key)
+
+
+async def test_the_same_call_with_the_same_result_three_turns_running_is_not_run_again(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.txt").write_text("same\n")
+    steps = [ScriptedModel.call("read_file", path="a.txt") for _ in range(3)]
+    model = ScriptedModel([*steps, ScriptedModel.reply("ok")])
+    await Agent(model, settings=_settings(tmp_path)).run("loop")
+    third = model.requests[3].messages[-1].content[0]
+    assert isinstance(third, ToolResultBlock) and third.is_error
+    assert "exact call" in third.content
+
+
+async def test_a_model_that_answers_without_acting_is_nudged_once_when_asked(
+    tmp_path: Path,
+) -> None:
+    model = ScriptedModel([ScriptedModel.reply("I think it is fine."), ScriptedModel.reply("ok")])
+    result = await Agent(model, settings=_settings(tmp_path), nudge_without_action=True).run("x")
+    assert result.turns == 2
+    assert "not used any tool" in model.requests[1].messages[-1].text
+
+
+async def test_the_turn_cap_raises_a_turn_limit_error(tmp_path: Path) -> None:
+    model = ScriptedModel([ScriptedModel.call("list_files") for _ in range(5)])
+    with pytest.raises(agent.TurnLimitError, match="turn cap"):
+        await Agent(model, settings=_settings(tmp_path, max_turns=2)).run("x")
+
+
+def test_the_public_api_imports() -> None:
+    for name in agent.__all__:
+        assert getattr(agent, name) is not None
+    for name in tools.__all__:
+        assert getattr(tools, name) is not None

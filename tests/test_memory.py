@@ -1,0 +1,107 @@
+"""The memory document: template, merge of changed sections, validation, storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.memory import (
+    HEADINGS,
+    MemoryDocument,
+    MemoryError,
+    MemoryStore,
+    RuntimeRecord,
+    merge_update,
+    parse_sections,
+    render_template,
+    validate_document,
+)
+from agent.tokens import chars_estimate
+
+
+def _check(sections: dict[str, str]) -> None:
+    validate_document(sections, estimate=chars_estimate, max_tokens=12_000, section_tokens=2_000)
+
+
+def test_the_template_has_every_heading_in_order_each_with_an_italic_description() -> None:
+    lines = render_template().splitlines()
+    headings = [i for i, line in enumerate(lines) if line.startswith("# ")]
+    assert [lines[i][2:] for i in headings] == list(HEADINGS)
+    for i in headings:
+        assert lines[i + 1].startswith("_") and lines[i + 1].endswith("_")
+
+
+def test_a_reply_with_only_changed_sections_is_merged_into_the_current_document() -> None:
+    current = MemoryDocument(sections={h: f"old {h}" for h in HEADINGS})
+    merged = merge_update(current, "# Current State\nDone: parser.\n\n# Worklog\n- fixed parser")
+    assert merged["Current State"] == "Done: parser."
+    assert merged["Worklog"] == "- fixed parser"
+    assert merged["Learnings"] == "old Learnings"
+    _check(merged)
+
+
+def test_the_whole_document_in_a_code_fence_is_accepted() -> None:
+    whole = "\n\n".join(f"# {h}\n_desc_\nnew {h}" for h in HEADINGS)
+    merged = merge_update(MemoryDocument.empty(), f"```markdown\n{whole}\n```")
+    assert all(merged[h] == f"new {h}" for h in HEADINGS)
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("I updated the memory.", "none of the memory's headings"),
+        ("# Current State\n" + "word " * 12_000, "over the limit"),
+    ],
+)
+def test_a_bad_update_is_rejected_with_a_reason(reply: str, reason: str) -> None:
+    with pytest.raises(MemoryError, match=reason):
+        _check(merge_update(MemoryDocument.empty(), reply))
+
+
+def test_an_update_that_leaves_every_section_empty_is_rejected() -> None:
+    with pytest.raises(MemoryError, match="empty"):
+        _check(merge_update(MemoryDocument.empty(), "# Current State\n\n"))
+
+
+def test_a_document_missing_a_heading_is_rejected() -> None:
+    sections = {h: "x" for h in HEADINGS[:-1]}
+    with pytest.raises(MemoryError, match="drops headings: Worklog"):
+        _check(sections)
+
+
+def test_the_runtime_keeps_the_users_words_and_files_whatever_the_model_writes() -> None:
+    record = RuntimeRecord(user_messages=["Fix the parser. Never touch setup.py."])
+    record.note_file("src/parser.py", modified=True)
+    record.note_file("README.md", modified=False)
+    record.last_error = "bash: exit code 1"
+    doc = MemoryDocument(
+        sections=merge_update(
+            MemoryDocument.empty(),
+            "# Task specification\n## The user's words (kept by tidemark)\nforged",
+        )
+    )
+    text = doc.render(record)
+    assert "Never touch setup.py." in text
+    assert "forged" not in text
+    assert "modified: src/parser.py" in text and "read: README.md" in text
+    assert "bash: exit code 1" in text
+    # Parsing the rendered file and rendering again changes nothing.
+    again = MemoryDocument(sections=parse_sections(text)).render(record)
+    assert again == text
+
+
+def test_the_store_round_trips_the_document_and_what_it_covers(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path / "session-memory.md")
+    assert store.load() is None
+    doc = MemoryDocument(
+        sections=merge_update(MemoryDocument.empty(), "# Current State\nDone."),
+        covers_message_id="msg_abc",
+        update=3,
+    )
+    store.save(doc, None)
+    loaded = store.load()
+    assert loaded is not None
+    assert loaded.covers_message_id == "msg_abc" and loaded.update == 3
+    assert loaded.sections["Current State"] == "Done."
+    assert store.path.read_text().startswith("# Session Title\n_")
