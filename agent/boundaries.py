@@ -152,14 +152,12 @@ def tombstone_tool_results(
             if not isinstance(block, ToolResultBlock) or block.tombstoned:
                 continue
             text = tombstone_text(uses.get(block.tool_use_id), block)
-            trial = list(blocks)
-            trial[k] = block.model_copy(update={"content": text, "tombstoned": True})
-            new_size = estimate(message_text(message.model_copy(update={"content": trial})))
-            saved = size - new_size
-            if saved <= 0:
-                continue
-            blocks, size = trial, new_size
-            freed += saved
+            if estimate(block.content) <= estimate(text):
+                continue  # a tombstone would not be smaller (decided per block: idempotent)
+            blocks[k] = block.model_copy(update={"content": text, "tombstoned": True})
+            new_size = estimate(message_text(message.model_copy(update={"content": blocks})))
+            freed += size - new_size
+            size = new_size
             cleared += 1
             changed = True
         if changed:

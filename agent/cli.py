@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from agent.config import Settings
 from agent.errors import ConfigError, TidemarkError, WorkspaceError
 from agent.loop import Agent, RunResult
-from agent.progress import Progress
+from agent.progress import RichProgress, make_progress
 from agent.providers import ProviderName, default_provider, make_model
+from tools import TerminalApprover, default_approver
 
 __all__ = ["main"]
 
@@ -156,12 +157,6 @@ def _load_tools(specs: Sequence[str]) -> list[Any]:
     return loaded
 
 
-def _progress() -> Progress:
-    from agent.progress import make_progress
-
-    return make_progress(sys.stderr)
-
-
 def _check_workspace(raw: str) -> None:
     workspace = Path(raw).expanduser()
     if not workspace.is_dir():
@@ -175,11 +170,15 @@ async def _run(args: argparse.Namespace) -> RunResult:
     settings = _settings(args, provider)
     extra_tools = _load_tools(args.tools)
     model = make_model(provider, args.model, settings.context_window)
-    progress = _progress()
+    progress = make_progress(sys.stderr)
+    approver = default_approver(settings.auto_approve)
+    if isinstance(approver, TerminalApprover) and isinstance(progress, RichProgress):
+        approver = TerminalApprover(ask=progress.ask)  # the status line steps aside to ask
     agent = Agent(
         model,
         tools=extra_tools,
         settings=settings,
+        approver=approver,
         progress=progress,
         nudge_without_action=provider == "local",
     )

@@ -154,6 +154,9 @@ class Agent:
         history: list[dict[tuple[str, str], str]] = []
         for turn in range(1, self.settings.max_turns + 1):
             await session.compact_if_needed()
+            self.progress.memory_lag(
+                None if session.updater.document.is_empty else session.memory_lag_tokens()
+            )
             self.progress.turn_started(
                 turn, session.context_tokens(), self.settings.compaction_threshold
             )

@@ -121,6 +121,7 @@ class MemoryUpdater:
         self.document = store.load() or MemoryDocument.empty()
         self.updates = self.document.update
         self.running = False
+        self._usage: dict[str, int] = {}  # of the latest update's response, for its event
         self._idle = anyio.Event()
         self._idle.set()
 
@@ -154,7 +155,9 @@ class MemoryUpdater:
             try:
                 document = await self._ask(snapshot, update)
             except (MemoryError, ModelError) as exc:
-                self.events.emit("memory_update_failed", update=update, error=str(exc))
+                self.events.emit(
+                    "memory_update_failed", update=update, error=str(exc), **self._usage
+                )
                 return
             except anyio.get_cancelled_exc_class():
                 self.events.emit(
@@ -171,6 +174,7 @@ class MemoryUpdater:
                 duration_ms=round((anyio.current_time() - started) * 1000, 3),
                 memory_tokens=self.counter.estimate(text),
                 covers_message_id=snapshot.boundary_id,
+                **self._usage,
             )
             self.on_commit(document, snapshot)
         finally:
@@ -178,6 +182,7 @@ class MemoryUpdater:
             self._idle.set()
 
     async def _ask(self, snapshot: Snapshot, update: int) -> MemoryDocument:
+        self._usage = {}
         instruction = UPDATE_INSTRUCTION.format(
             memory=self.document.render(self.record).strip(),
             rules=describe_rules(
@@ -193,6 +198,13 @@ class MemoryUpdater:
             cache_breakpoint=len(snapshot.messages) - 1,
         )
         response = await self.model.generate(request)
+        u = response.usage
+        self._usage = {
+            "input_tokens": u.total_input_tokens,
+            "output_tokens": u.output_tokens,
+            "cache_read_input_tokens": u.cache_read_input_tokens,
+            "cache_creation_input_tokens": u.cache_creation_input_tokens,
+        }
         reply = "\n".join(b.text for b in response.content if isinstance(b, TextBlock))
         if response.stop_reason == "max_tokens":
             raise MemoryError("the update was cut off at the output limit")

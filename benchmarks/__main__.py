@@ -1,8 +1,8 @@
 """``python -m benchmarks``: the compaction benchmark, side by side, with tables and plots.
 
-    python -m benchmarks                 # full run (≤ 10 min on 2 cores), writes benchmarks/results/
-    python -m benchmarks --quick         # CI run (≤ 60 s), writes to a temporary folder
-    python -m benchmarks --show          # print the committed side-by-side table
+    python -m benchmarks            # full run (≤ 10 min on 2 cores): benchmarks/results/
+    python -m benchmarks --quick    # CI run (≤ 60 s), writes to a temporary folder
+    python -m benchmarks --show     # print the committed side-by-side table
 
 Strategies (one scripted long coding session, each against the strict local Messages API
 server with the latency model and prompt caching): no compaction, blocking full summary,
@@ -39,12 +39,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="CI mode: ≤ 60 s")
     p.add_argument("--time-scale", type=float, help="multiply every model sleep by this")
-    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results, "
-                   "or a temporary folder with --quick)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="results folder (default: benchmarks/results, or a temporary folder with --quick)",
+    )
     p.add_argument("--strategies", help="comma-separated subset of: " + ", ".join(LABELS))
     p.add_argument("--reads", type=int, help="file-reading turns in the session")
     p.add_argument("--sessions", help="concurrency levels, e.g. 1,10,100 ('' to skip)")
@@ -95,8 +101,10 @@ def run(params: Params, out: Path) -> str:
                 continue
             t0 = time.monotonic()
             result = run_strategy(name, params, work)
-            _log(f"benchmarks: {result.label}: {result.outcome}, {len(result.compactions)} "
-                 f"compactions, {time.monotonic() - t0:.0f} s")
+            _log(
+                f"benchmarks: {result.label}: {result.outcome}, {len(result.compactions)} "
+                f"compactions, {time.monotonic() - t0:.0f} s"
+            )
             if result.outcome in ("unavailable",) or result.outcome.startswith("exit"):
                 skipped.append(f"{result.label}: could not run ({result.error}); no figures.")
                 continue
@@ -135,13 +143,12 @@ def _write(
         + "\n"
     )
     (out / "summary.md").write_text(summary)
-    (out / "compactions.md").write_text(
-        "# Every compaction\n\n" + compaction_table(results) + "\n"
-    )
+    (out / "compactions.md").write_text("# Every compaction\n\n" + compaction_table(results) + "\n")
     if overhead:
         (out / "overhead.md").write_text(
             "# Runtime overhead per turn (model and tools excluded)\n\n"
-            + overhead_table(overhead) + "\n"
+            + overhead_table(overhead)
+            + "\n"
         )
     if scale:
         (out / "scale.md").write_text(
@@ -169,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         print(path.read_text())
         return 0
     params = _params(args)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="tidemark-bench-quick-")) if args.quick
-                       else RESULTS)
+    out = args.out or (
+        Path(tempfile.mkdtemp(prefix="tidemark-bench-quick-")) if args.quick else RESULTS
+    )
     print(run(params, out))
     _log(f"benchmarks: tables and plots in {out}")
     return 0

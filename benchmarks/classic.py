@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _drop(*_: object) -> object:
+def _drop(_logger: Any, _method: str, _event: Any) -> Any:
     raise structlog.DropEvent
 
 

@@ -57,9 +57,13 @@ def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
     files: list[str] = []
     for i in range(n):
         files = write_repository(root / f"s{i:03d}", params.files, params.lines_per_file)
-    script = StepScript(LongSession(files, reads=params.scale_reads), memory_tokens=params.memory_tokens)
+    script = StepScript(
+        LongSession(files, reads=params.scale_reads), memory_tokens=params.memory_tokens
+    )
     latency = LatencyModel(
-        params.ttft_base_s, params.ttft_per_input_token_s, params.per_output_token_s,
+        params.ttft_base_s,
+        params.ttft_per_input_token_s,
+        params.per_output_token_s,
         params.scale_time_scale,
     )
     out = workdir / f"scale-{n}.json"
@@ -69,9 +73,24 @@ def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
     with FakeMessagesAPI(script, latency=latency, context_window=window) as api:
         quiet_disconnects(api)
         subprocess.run(
-            [sys.executable, "-m", "benchmarks.scale", api.url, str(root), str(n), str(out),
-             "--context-window", str(window), "--compact-at", str(params.scale_compact_at)],
-            cwd=ROOT, env=env, check=True, timeout=1800, capture_output=True,
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.scale",
+                api.url,
+                str(root),
+                str(n),
+                str(out),
+                "--context-window",
+                str(window),
+                "--compact-at",
+                str(params.scale_compact_at),
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=1800,
+            capture_output=True,
         )
         invalid = len(api.invalid_requests)
     data = json.loads(out.read_text())

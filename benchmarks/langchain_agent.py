@@ -83,7 +83,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         def _llm_type(self) -> str:
             return "anthropic-chat-block-cache"
 
-    summaries: list[dict[str, float]] = []
+    summaries: list[dict[str, Any]] = []
 
     class TimedSummarization(SummarizationMiddleware):
         """The library's middleware; only times the hook that may block on a summary."""
@@ -113,22 +113,22 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "max_retries": 0,
     }
     model = BlockExpandedChatAnthropic(
-        **common, max_tokens=8192, default_headers={"X-Tidemark-Purpose": "turn"}
+        **common, max_tokens_to_sample=8192, default_headers={"X-Tidemark-Purpose": "turn"}
     )
     summarizer = BlockExpandedChatAnthropic(
-        **common, max_tokens=4096, default_headers={"X-Tidemark-Purpose": "compact"}
+        **common, max_tokens_to_sample=4096, default_headers={"X-Tidemark-Purpose": "compact"}
     )
-    workspace = Path(args.workspace)
+    workspace = Path(args.workspace).resolve()  # noqa: ASYNC240 - once, before the run
     agent = create_agent(
         model,
         tools=_wrap_tools(workspace),
-        system_prompt=system_prompt(workspace.resolve()),
+        system_prompt=system_prompt(workspace),
         middleware=[
             TimedSummarization(
                 model,
                 trigger=("tokens", args.compact_at),
                 summarizer=summarizer,
-                **({} if args.trim_default else {"trim_tokens_to_summarize": None}),
+                trim_tokens_to_summarize=4000 if args.trim_default else None,
             ),
             AnthropicPromptCachingMiddleware(),
         ],

@@ -21,7 +21,7 @@ from pathlib import Path
 from agent.boundaries import last_safe_boundary
 from agent.config import Settings
 from agent.memory import HEADINGS, MemoryDocument
-from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock, Usage
+from agent.messages import Message, ToolResultBlock, ToolUseBlock, Usage
 from agent.model import ToolSpec
 from agent.progress import NullProgress
 from agent.prompts import system_prompt
@@ -42,11 +42,15 @@ OPERATIONS: dict[str, int] = {
     "build request": 1,
     "update policy check": 1,
 }
-EXTRA = ("wire conversion (provider)", "compaction plan (at threshold)",
-         "context size, just after compaction")
+EXTRA = (
+    "wire conversion (provider)",
+    "compaction plan (at threshold)",
+    "context size, just after compaction",
+)
 
-_RESULT = "\n".join(f"{k:>5}\tdef helper_{k}(values): return sum(v for v in values if v > {k})"
-                    for k in range(14))
+_RESULT = "\n".join(
+    f"{k:>5}\tdef helper_{k}(values): return sum(v for v in values if v > {k})" for k in range(14)
+)
 
 
 @dataclass
@@ -63,10 +67,15 @@ def _pair(i: int) -> tuple[Message, Message]:
     use = ToolUseBlock(
         id=f"toolu_{i:06d}", name="read_file", input={"path": f"inventory/module_{i % 24:02d}.py"}
     )
-    reply = Message(role="assistant", origin="model", content=[use],
-                    usage=Usage(input_tokens=10, output_tokens=20))
-    result = Message(role="user", origin="tools",
-                     content=[ToolResultBlock(tool_use_id=use.id, content=_RESULT)])
+    reply = Message(
+        role="assistant",
+        origin="model",
+        content=[use],
+        usage=Usage(input_tokens=10, output_tokens=20),
+    )
+    result = Message(
+        role="user", origin="tools", content=[ToolResultBlock(tool_use_id=use.id, content=_RESULT)]
+    )
     return reply, result
 
 
@@ -75,8 +84,12 @@ def _session(root: Path, n: int) -> tuple[Session, AnthropicModel]:
     settings = Settings(workspace=root, context_window=10_000_000, compact_at=9_000_000)
     specs = [ToolSpec.model_validate(s) for s in Toolset(builtin_tools()).specs()]
     session = Session(
-        paths=SessionPaths.create(root), model=model, settings=settings,
-        system=system_prompt(root), tools=specs, progress=NullProgress(),
+        paths=SessionPaths.create(root),
+        model=model,
+        settings=settings,
+        system=system_prompt(root),
+        tools=specs,
+        progress=NullProgress(),
     )
     session.add(Message.user_text("Fix the restock bug in the inventory service."))
     i = 0

@@ -13,7 +13,7 @@ class Params:
     ttft_base_s: float = 0.4
     ttft_per_input_token_s: float = 0.00004
     per_output_token_s: float = 0.015
-    time_scale: float = 0.2  # every model sleep is multiplied by this; results are un-scaled
+    time_scale: float = 0.15  # every model sleep is multiplied by this; results are un-scaled
     # Output sizes: blocking summaries and memory updates are whole ~3,000-token documents.
     summary_tokens: int = 3000
     memory_tokens: int = 3000
@@ -30,11 +30,18 @@ class Params:
     # Runtime overhead and scale.
     overhead_sizes: tuple[int, ...] = (10, 100, 1_000, 10_000)
     scale_sessions: tuple[int, ...] = (1, 10, 100)
-    scale_reads: int = 16
+    scale_reads: int = 12
     scale_compact_at: int = 20_000
     scale_time_scale: float = 1.0  # real time: compressing time would overstate the CPU load
     strategies: tuple[str, ...] = field(
-        default=("none", "blocking", "langchain", "tidemark", "tidemark-short")
+        default=(
+            "none",
+            "blocking",
+            "langchain",
+            "langchain-defaults",
+            "tidemark",
+            "tidemark-short",
+        )
     )
     quick: bool = False
 
@@ -65,14 +72,14 @@ def quick() -> Params:
     return Params(
         time_scale=0.02,
         files=12,
-        reads=30,
+        reads=24,
         context_window=40_000,
         compact_at=30_000,
         max_turns=80,
         overhead_sizes=(10, 100, 1_000),
         scale_sessions=(1, 10),
         scale_reads=8,
-        scale_time_scale=0.1,
+        scale_time_scale=0.05,
         strategies=("none", "blocking", "langchain", "tidemark"),
         quick=True,
     )

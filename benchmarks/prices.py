@@ -30,7 +30,11 @@ PRICES: dict[str, Price] = {
 
 
 def cost(
-    *, input_tokens: int, cache_write: int, cache_read: int, output: int,
+    *,
+    input_tokens: int,
+    cache_write: int,
+    cache_read: int,
+    output: int,
     model: str = "claude-sonnet-4-5",
 ) -> float:
     """Dollars for these token counts (input_tokens is the uncached, unwritten part)."""

@@ -60,13 +60,22 @@ def side_by_side(results: Sequence[StrategyResult], params: Params) -> str:
     base = next((r for r in results if r.name == BASELINE), None)
 
     def row(
-        title: str, fn: Callable[[StrategyResult], float], fmt: Callable[[float], str],
-        *, ratio: bool = True,
+        title: str,
+        fn: Callable[[StrategyResult], float],
+        fmt: Callable[[float], str],
+        *,
+        ratio: bool = True,
+        per_compaction: bool = False,
     ) -> list[list[str]]:
-        out = [title, *(fmt(fn(r)) for r in results)]
+        def shown(r: StrategyResult) -> bool:
+            return not per_compaction or bool(r.compactions)
+
+        out = [title, *(fmt(fn(r)) if shown(r) else "–" for r in results)]
         rows = [out]
         if ratio and base is not None:
-            rows.append(["  ÷ strategy 2", *(_ratio(fn(r), fn(base)) for r in results)])
+            rows.append(
+                ["  ÷ strategy 2", *(_ratio(fn(r), fn(base)) if shown(r) else "–" for r in results)]
+            )
         return rows
 
     def stall(q: float) -> Callable[[StrategyResult], float]:
@@ -86,17 +95,39 @@ def side_by_side(results: Sequence[StrategyResult], params: Params) -> str:
         ["turns / tool calls", *(f"{r.turns} / {r.tool_calls}" for r in results)],
         ["compactions", *(str(len(r.compactions)) for r in results)],
     ]
-    rows += row("stall at compaction p50", stall(50), _ms)
-    rows += row("stall p99", stall(99), _ms)
-    rows += row("stall max", stall(100), _ms)
-    rows += row("blocking model calls at compaction", lambda r: r.blocking_calls, num,
-                ratio=False)
-    rows += row("1st turn after compaction: input tokens (median)", after("after_input"), num)
-    rows += row("1st turn after: uncached input (median)", after("after_uncached"), num)
-    rows += row("1st turn after: time to first token (median)", after("after_ttft_ms"), _ms)
-    rows += row("last turn before: time to first token (median)", after("before_ttft_ms"), _ms,
-                ratio=False)
-    rows += row("post/pre input tokens (median)", post_pre, lambda v: f"{v:.2f}", ratio=False)
+    rows += row("stall at compaction p50", stall(50), _ms, per_compaction=True)
+    rows += row("stall p99", stall(99), _ms, per_compaction=True)
+    rows += row("stall max", stall(100), _ms, per_compaction=True)
+    rows += row("blocking model calls at compaction", lambda r: r.blocking_calls, num, ratio=False)
+    rows += row(
+        "1st turn after compaction: input tokens (median)",
+        after("after_input"),
+        num,
+        per_compaction=True,
+    )
+    rows += row(
+        "1st turn after: uncached input (median)", after("after_uncached"), num, per_compaction=True
+    )
+    rows += row(
+        "1st turn after: time to first token (median)",
+        after("after_ttft_ms"),
+        _ms,
+        per_compaction=True,
+    )
+    rows += row(
+        "last turn before: time to first token (median)",
+        after("before_ttft_ms"),
+        _ms,
+        ratio=False,
+        per_compaction=True,
+    )
+    rows += row(
+        "post/pre input tokens (median)",
+        post_pre,
+        lambda v: f"{v:.2f}",
+        ratio=False,
+        per_compaction=True,
+    )
     rows += row("input tokens, uncached (all requests)", lambda r: r.total("input"), num)
     rows += row("cache writes", lambda r: r.total("cache_write"), num)
     rows += row("cache reads", lambda r: r.total("cache_read"), num)
@@ -105,8 +136,10 @@ def side_by_side(results: Sequence[StrategyResult], params: Params) -> str:
     rows[-1] = [
         rows[-1][0],
         *(
-            " / ".join(str(r.tokens.get(p, {}).get("requests", 0))
-                       for p in ("turn", "compact", "session-memory"))
+            " / ".join(
+                str(r.tokens.get(p, {}).get("requests", 0))
+                for p in ("turn", "compact", "session-memory")
+            )
             for r in results
         ),
     ]
@@ -119,8 +152,11 @@ def side_by_side(results: Sequence[StrategyResult], params: Params) -> str:
     rows += row("invalid requests (strict server)", lambda r: len(r.invalid), num, ratio=False)
     rows += row(
         "memory lag at compaction (median, tokens)",
-        lambda r: _median([c.memory_lag_tokens or 0 for c in r.compactions])
-        if r.name.startswith("tidemark") else 0,
+        lambda r: (
+            _median([c.memory_lag_tokens or 0 for c in r.compactions])
+            if r.name.startswith("tidemark")
+            else 0
+        ),
         lambda v: f"{v:,.0f}" if v else "–",
         ratio=False,
     )
@@ -136,19 +172,36 @@ def compaction_table(results: Sequence[StrategyResult]) -> str:
     rows: list[list[str]] = []
     for r in results:
         for k, c in enumerate(r.compactions, 1):
-            rows.append([
-                r.label, str(k), c.strategy, _ms(c.stall_ms), _ms(c.measured_ms),
-                str(c.model_calls),
-                f"{c.before_input:,} → {c.after_input:,}",
-                f"{c.after_input / c.before_input:.2f}" if c.before_input else "–",
-                f"{_ms(c.before_ttft_ms)} → {_ms(c.after_ttft_ms)}",
-                f"{c.memory_lag_tokens:,}" if r.name.startswith("tidemark")
-                and c.memory_lag_tokens is not None else "–",
-                str(c.tool_results_cleared) if c.tool_results_cleared is not None else "–",
-            ])
-    header = ["strategy", "#", "kind", "stall (un-scaled)", "stall (measured)",
-              "model calls", "input tokens: last turn before → first after", "post/pre",
-              "TTFT before → after", "memory lag (tokens)", "results tombstoned"]
+            rows.append(
+                [
+                    r.label,
+                    str(k),
+                    c.strategy,
+                    _ms(c.stall_ms),
+                    _ms(c.measured_ms),
+                    str(c.model_calls),
+                    f"{c.before_input:,} → {c.after_input:,}",
+                    f"{c.after_input / c.before_input:.2f}" if c.before_input else "–",
+                    f"{_ms(c.before_ttft_ms)} → {_ms(c.after_ttft_ms)}",
+                    f"{c.memory_lag_tokens:,}"
+                    if r.name.startswith("tidemark") and c.memory_lag_tokens is not None
+                    else "–",
+                    str(c.tool_results_cleared) if c.tool_results_cleared is not None else "–",
+                ]
+            )
+    header = [
+        "strategy",
+        "#",
+        "kind",
+        "stall (un-scaled)",
+        "stall (measured)",
+        "model calls",
+        "input tokens: last turn before → first after",
+        "post/pre",
+        "TTFT before → after",
+        "memory lag (tokens)",
+        "results tombstoned",
+    ]
     return _table(header, rows)
 
 
@@ -156,8 +209,11 @@ def overhead_table(rows: Sequence[OverheadRow]) -> str:
     names = [*OPERATIONS, *EXTRA]
     header = ["messages", *names, "per turn (weighted)"]
     body = [
-        [f"{r.messages:,}", *(f"{r.ms[n] * 1000:,.1f} µs" for n in names),
-         f"{r.per_turn_ms * 1000:,.1f} µs"]
+        [
+            f"{r.messages:,}",
+            *(f"{r.ms[n] * 1000:,.1f} µs" for n in names),
+            f"{r.per_turn_ms * 1000:,.1f} µs",
+        ]
         for r in rows
     ]
     weights = ", ".join(f"{n} ×{c}" for n, c in OPERATIONS.items())
@@ -183,16 +239,39 @@ def overhead_statement(rows: Sequence[OverheadRow]) -> str:
 
 
 def scale_table(rows: Sequence[ScaleRow]) -> str:
-    header = ["sessions", "finished", "turns", "compactions", "memory updates committed",
-              "wall (s)", "turns/s", "CPU per turn", "lag p50", "lag p99", "lag max",
-              "lag p99 during updates", "lag p99 / max incl. warm-up", "invalid"]
+    header = [
+        "sessions",
+        "finished",
+        "turns",
+        "compactions",
+        "memory updates committed",
+        "wall (s)",
+        "turns/s",
+        "CPU per turn",
+        "lag p50",
+        "lag p99",
+        "lag max",
+        "lag p99 during updates",
+        "lag p99 / max incl. warm-up",
+        "invalid",
+    ]
     body = [
-        [str(r.sessions), str(r.finished), str(r.turns), str(r.compactions),
-         str(r.memory_updates), f"{r.wall_s:.1f}", f"{r.turns_per_s:.1f}",
-         _ms(r.cpu_ms_per_turn),
-         _ms(r.lag_p50_ms), _ms(r.lag_p99_ms), _ms(r.lag_max_ms),
-         _ms(r.lag_p99_updating_ms), f"{_ms(r.lag_p99_all_ms)} / {_ms(r.lag_max_all_ms)}",
-         str(r.invalid)]
+        [
+            str(r.sessions),
+            str(r.finished),
+            str(r.turns),
+            str(r.compactions),
+            str(r.memory_updates),
+            f"{r.wall_s:.1f}",
+            f"{r.turns_per_s:.1f}",
+            _ms(r.cpu_ms_per_turn),
+            _ms(r.lag_p50_ms),
+            _ms(r.lag_p99_ms),
+            _ms(r.lag_max_ms),
+            _ms(r.lag_p99_updating_ms),
+            f"{_ms(r.lag_p99_all_ms)} / {_ms(r.lag_max_all_ms)}",
+            str(r.invalid),
+        ]
         for r in rows
     ]
     scale = rows[0].time_scale if rows else 1.0
@@ -221,8 +300,11 @@ def targets(
     if tm is not None:
         p99 = percentile(tm.stalls, 99)
         check("tidemark stall p99 ≤ 10 ms", p99 <= 10, _ms(p99))
-        check("zero blocking model calls at compaction", tm.blocking_calls == 0,
-              str(tm.blocking_calls))
+        check(
+            "zero blocking model calls at compaction",
+            tm.blocking_calls == 0,
+            str(tm.blocking_calls),
+        )
         check("zero invalid requests", not tm.invalid, str(len(tm.invalid)))
         for peer in ("blocking", "langchain"):
             other = by.get(peer)
@@ -230,8 +312,11 @@ def targets(
                 continue
             worst = max(tm.stalls) or 1e-9
             factor = percentile(other.stalls, 50) / worst
-            check(f"≥ 1,000× shorter than {peer} (its p50 ÷ tidemark max)", factor >= 1000,
-                  f"{factor:,.0f}×")
+            check(
+                f"≥ 1,000× shorter than {peer} (its p50 ÷ tidemark max)",
+                factor >= 1000,
+                f"{factor:,.0f}×",
+            )
         base = by.get("blocking")
         if base is not None and base.total_cost:
             r = tm.total_cost / base.total_cost
@@ -242,12 +327,16 @@ def targets(
             check("  same, short updates (changed sections)", r <= 1.1, f"{r:.2f}×")
     if overhead:
         last = overhead[-1]
-        check(f"per-turn overhead < 1 ms at {last.messages:,} messages",
-              last.per_turn_ms < 1, f"{last.per_turn_ms * 1000:,.1f} µs")
+        check(
+            f"per-turn overhead < 1 ms at {last.messages:,} messages",
+            last.per_turn_ms < 1,
+            f"{last.per_turn_ms * 1000:,.1f} µs",
+        )
     for row in scale:
         if row.sessions >= 100:
-            check("100 sessions: event-loop lag p99 < 20 ms", row.lag_p99_ms < 20,
-                  _ms(row.lag_p99_ms))
+            check(
+                "100 sessions: event-loop lag p99 < 20 ms", row.lag_p99_ms < 20, _ms(row.lag_p99_ms)
+            )
     return "| target | measured | |\n|---|---|---|\n" + "\n".join(lines)
 
 
@@ -269,8 +358,9 @@ def plots(
         for i, r in enumerate(with_stalls):
             ax.scatter([i] * len(r.stalls), r.stalls, alpha=0.6)
         ax.set_yscale("log")
-        ax.set_xticks(range(len(with_stalls)), [r.label for r in with_stalls], rotation=15,
-                      fontsize=7)
+        ax.set_xticks(
+            range(len(with_stalls)), [r.label for r in with_stalls], rotation=15, fontsize=7
+        )
         ax.set_ylabel("stall at compaction (ms, un-scaled, log)")
         ax.set_title("What the user waits for at each compaction")
         fig.tight_layout()
@@ -279,8 +369,11 @@ def plots(
         plt.close(fig)
     if results:
         fig, ax = plt.subplots(figsize=(8, 4))
-        kinds = [("turn", "turns"), ("compact", "blocking summaries"),
-                 ("session-memory", "memory updates")]
+        kinds = [
+            ("turn", "turns"),
+            ("compact", "blocking summaries"),
+            ("session-memory", "memory updates"),
+        ]
         bottom = [0.0] * len(results)
         for key, label in kinds:
             values = [r.cost_usd.get(key, 0.0) for r in results]
@@ -297,8 +390,13 @@ def plots(
     if overhead:
         fig, ax = plt.subplots(figsize=(7, 4))
         xs = [r.messages for r in overhead]
-        ax.plot(xs, [r.per_turn_ms for r in overhead], marker="o", linewidth=2,
-                label="per turn (runtime)")
+        ax.plot(
+            xs,
+            [r.per_turn_ms for r in overhead],
+            marker="o",
+            linewidth=2,
+            label="per turn (runtime)",
+        )
         for name in EXTRA:
             ax.plot(xs, [r.ms[name] for r in overhead], marker=".", linestyle="--", label=name)
         ax.set_xscale("log")
@@ -323,8 +421,7 @@ def plots(
         ax.set_xlabel("concurrent sessions in one process")
         ax.set_ylabel("event-loop lag (ms)")
         ax2 = ax.twinx()
-        ax2.plot(xs, [r.turns_per_s for r in scale], color="black", marker="s",
-                 label="turns/s")
+        ax2.plot(xs, [r.turns_per_s for r in scale], color="black", marker="s", label="turns/s")
         ax2.set_ylabel("turns per second")
         ax.legend(loc="upper left", fontsize=7)
         ax.set_title("Many sessions in one process")

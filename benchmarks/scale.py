@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _drop(*_: object) -> object:
+def _drop(_logger: Any, _method: str, _event: Any) -> Any:
     raise structlog.DropEvent
 
 

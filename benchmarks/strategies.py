@@ -107,13 +107,34 @@ def _command(name: str, params: Params, url: str, ws: Path, out: Path) -> list[s
     py = sys.executable
     limits = ["--compact-at", str(params.compact_at), "--max-turns", str(params.max_turns)]
     if name in ("none", "blocking"):
-        return [py, "-m", "benchmarks.classic", name, url, str(ws), str(out),
-                "--context-window", str(params.context_window), *limits]
+        return [
+            py,
+            "-m",
+            "benchmarks.classic",
+            name,
+            url,
+            str(ws),
+            str(out),
+            "--context-window",
+            str(params.context_window),
+            *limits,
+        ]
     if name.startswith("langchain"):
         extra = ["--trim-default"] if name == "langchain-defaults" else []
         return [py, "-m", "benchmarks.langchain_agent", url, str(ws), str(out), *limits, *extra]
-    return [py, "-m", "agent.cli", "run", "--workspace", str(ws), "--yes",
-            "--context-window", str(params.context_window), *limits, TASK]
+    return [
+        py,
+        "-m",
+        "agent.cli",
+        "run",
+        "--workspace",
+        str(ws),
+        "--yes",
+        "--context-window",
+        str(params.context_window),
+        *limits,
+        TASK,
+    ]
 
 
 def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
@@ -124,11 +145,14 @@ def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
     script = StepScript(
         session,
         summary_tokens=params.summary_tokens,
-        memory_tokens=params.short_memory_tokens if name == "tidemark-short"
+        memory_tokens=params.short_memory_tokens
+        if name == "tidemark-short"
         else params.memory_tokens,
     )
     latency = LatencyModel(
-        params.ttft_base_s, params.ttft_per_input_token_s, params.per_output_token_s,
+        params.ttft_base_s,
+        params.ttft_per_input_token_s,
+        params.per_output_token_s,
         params.time_scale,
     )
     out = workdir / f"{name}.json"
@@ -141,7 +165,12 @@ def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
         started = time.monotonic()
         proc = subprocess.run(
             _command(name, params, api.url, ws, out),
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
         )
         wall = time.monotonic() - started
         records = list(api.requests)
@@ -217,8 +246,10 @@ def _result(
         t["output"] += u.get("output_tokens", 0)
     for purpose, t in tokens.items():
         costs[purpose] = cost(
-            input_tokens=t["input"], cache_write=t["cache_write"],
-            cache_read=t["cache_read"], output=t["output"],
+            input_tokens=t["input"],
+            cache_write=t["cache_write"],
+            cache_read=t["cache_read"],
+            output=t["output"],
         )
     result = StrategyResult(
         name=name,
