@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace, provider: ProviderName) -> Settings:
     values: dict[str, Any] = {"workspace": Path(args.workspace).expanduser()}
     if provider == "local":
-        from agent.providers.local_defaults import LOCAL_DEFAULTS
+        from agent.providers.local import local_defaults
 
-        values.update(LOCAL_DEFAULTS)
+        values.update(local_defaults())
     for flag, field in _SETTING_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -169,7 +169,10 @@ async def _run(args: argparse.Namespace) -> RunResult:
     provider: ProviderName = args.provider or default_provider()
     settings = _settings(args, provider)
     extra_tools = _load_tools(args.tools)
-    model = make_model(provider, args.model, settings.context_window)
+    # Loading a local model blocks for a moment (and joins the model file on first use).
+    model = await anyio.to_thread.run_sync(
+        make_model, provider, args.model, settings.context_window
+    )
     progress = make_progress(sys.stderr)
     approver = default_approver(settings.auto_approve)
     if isinstance(approver, TerminalApprover) and isinstance(progress, RichProgress):

@@ -161,9 +161,11 @@ class Agent:
                 turn, session.context_tokens(), self.settings.compaction_threshold
             )
             started = anyio.current_time()
+            # A small model that has not acted yet is made to call a tool.
+            must_act = self.nudge_without_action and not acted
             try:
                 response = await self.model.generate(
-                    session.request(self.settings.max_output_tokens)
+                    session.request(self.settings.max_output_tokens, must_act=must_act)
                 )
             except ContextTooLongError:
                 await session.compact_if_needed(force=True)

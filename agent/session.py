@@ -125,7 +125,7 @@ class Session:
         if result.is_error:
             self.record.last_error = f"{name}: {result.content[:300]}"
 
-    def request(self, max_tokens: int) -> ModelRequest:
+    def request(self, max_tokens: int, *, must_act: bool = False) -> ModelRequest:
         previous_end = next(
             (
                 i - 1
@@ -141,6 +141,7 @@ class Session:
             max_tokens=max_tokens,
             purpose="turn",
             cache_breakpoint=previous_end,
+            tool_choice="any" if must_act else "auto",
         )
 
     # -- memory updates -----------------------------------------------------------------

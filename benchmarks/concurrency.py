@@ -37,7 +37,7 @@ class ScaleRow:
     lag_max_all_ms: float
     samples: int
     samples_updating: int
-    invalid: int
+    invalid: list[str]
 
     @property
     def cpu_ms_per_turn(self) -> float:
@@ -92,7 +92,7 @@ def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
             timeout=1800,
             capture_output=True,
         )
-        invalid = len(api.invalid_requests)
+        invalid = [r.error or "" for r in api.invalid_requests]
     data = json.loads(out.read_text())
     turns = compactions = updates = 0
     busy: list[tuple[float, float]] = []

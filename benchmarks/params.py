@@ -20,7 +20,7 @@ class Params:
     short_memory_tokens: int = 600  # the "changed sections only" variant of tidemark
     # The scripted session.
     files: int = 24
-    lines_per_file: int = 200
+    lines_per_file: int = 300
     reads: int = 90
     parallel_every: int = 5
     # Windows (tokens).

@@ -281,6 +281,9 @@ def scale_table(rows: Sequence[ScaleRow]) -> str:
         "session's first answer); 'during updates' = samples while a memory update was "
         "in flight."
     )
+    problems = sorted({e[:160] for r in rows for e in r.invalid})
+    if problems:
+        note += " Invalid requests: " + "; ".join(problems)
     return _table(header, body) + "\n\n" + note
 
 

@@ -213,9 +213,7 @@ def test_the_kept_tail_keeps_a_tool_call_and_its_result_together() -> None:
     messages = [_ask("Task."), call, result, _ask("More.")]
     tokens = TokenCounter().each(messages)
     # The memory covers the call but not its result: the tail must start at the call.
-    start = kept_tail_start(
-        messages, 2, tokens, min_tokens=0, min_text_messages=0, max_tokens=10
-    )
+    start = kept_tail_start(messages, 2, tokens, min_tokens=0, min_text_messages=0, max_tokens=10)
     assert start == 1
     # Extension takes the pair whole or not at all.
     just_more = sum(tokens[3:]) + 1

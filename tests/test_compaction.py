@@ -24,7 +24,7 @@ from agent.compaction import (
     full_summary,
     summary_message,
 )
-from agent.messages import Message, ToolResultBlock, ToolUseBlock
+from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from agent.testing import ScriptedModel
 from agent.tokens import TokenCounter
 from tests.support.transcripts import GeneratedSession, api_error, sessions, tool_output
@@ -45,7 +45,9 @@ def _budget(compact_at: int, preamble: int) -> CompactionBudget:
 
 _COMPACT_AT = st.one_of(st.integers(4_000, 40_000), st.integers(40_000, 200_000))
 _PREAMBLE = st.integers(0, 3_000)
-_MEMORY = st.integers(0, 24_000).map(lambda n: ("# Current State\nWorking on the handler.\n" * 600)[:n])
+_MEMORY = st.integers(0, 24_000).map(
+    lambda n: ("# Current State\nWorking on the handler.\n" * 600)[:n]
+)
 
 
 def _same_or_tombstoned(before: Message, after: Message) -> bool:
@@ -309,7 +311,9 @@ def test_session_memory_that_lags_tombstones_old_results_in_the_tail_but_not_the
     assert result.tool_results_cleared > 0
     assert result.context[-1] == transcript[-1]  # the latest turn's results stay
     cleared = result.context[2].tool_results[0]
-    assert cleared.tombstoned and "read_file" in cleared.content and "src/mod_2.py" in cleared.content
+    assert (
+        cleared.tombstoned and "read_file" in cleared.content and "src/mod_2.py" in cleared.content
+    )
     assert result.post_tokens <= 10_000
     _valid(result.context)
 
@@ -346,4 +350,53 @@ async def test_a_full_summary_asks_the_model_once_and_keeps_the_latest_turn() ->
     assert "Refactor the parser." in result.context[0].text
     assert result.context[1:] == transcript[-2:]
     assert result.post_tokens == _recount(result, _budget(20_000, 500))
+    _valid(result.context)
+
+
+def test_the_kept_tail_yields_to_the_target_when_the_memory_is_large() -> None:
+    notes = [
+        [
+            Message(role="assistant", origin="model", content=[TextBlock(text="Plan. " * 700)]),
+            Message.user_text(f"[runtime notice {n}] continue.", origin="runtime"),
+        ]
+        for n in range(10)
+    ]
+    transcript, positions = _session([Message.user_text("Go.")], *notes, _turn(11, 400))
+    budget = _budget(20_000, 1_000)
+    result = compact_with_memory(
+        transcript,
+        transcript,
+        positions,
+        memory_text="# Current State\n" + "Done so far. " * 1_800,  # about 6,000 tokens
+        covers_message_id=transcript[-3].id,
+        counter=TokenCounter(),
+        budget=budget,
+    )
+    assert result is not None
+    # The tail would reach tail_min (5,000 tokens) if the memory left room; it does not.
+    assert result.post_tokens <= budget.target
+    assert result.context[-2:] == transcript[-2:]
+    assert len(result.context) >= 4  # still some verbatim history in what room there is
+
+
+def test_the_latest_turns_results_stay_even_when_memory_already_covers_them() -> None:
+    transcript, positions = _session(
+        [Message.user_text("Go.")],
+        *(_turn(n, 2_000) for n in range(1, 6)),
+        _turn(6, 16_000),
+        [Message.user_text("[runtime notice] continue.", origin="runtime")],
+    )
+    result = compact_with_memory(
+        transcript,
+        transcript,
+        positions,
+        memory_text="# Current State\nRead everything.",
+        covers_message_id=transcript[-1].id,  # memory is fully up to date
+        counter=TokenCounter(),
+        budget=_budget(6_000, 500),
+    )
+    assert result is not None
+    # 4,000 tokens of results: more than the tail cap and the target, but never dropped.
+    assert result.context[1:] == transcript[-3:]
+    assert result.post_tokens > 3_000
     _valid(result.context)

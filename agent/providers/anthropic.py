@@ -150,6 +150,8 @@ class AnthropicModel:
             tools = [t.model_dump() for t in request.tools]
             tools[-1]["cache_control"] = _EPHEMERAL
             params["tools"] = tools
+            if request.tool_choice == "any":
+                params["tool_choice"] = {"type": "any"}
         return params
 
     async def generate(

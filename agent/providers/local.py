@@ -397,7 +397,14 @@ class LocalModel:
                 raise ModelError("the local model is closed")
             try:
                 completion = await anyio.to_thread.run_sync(
-                    self._complete, prompt, grammar, budget, emit, stop, abandon_on_cancel=True
+                    self._complete,
+                    prompt,
+                    grammar,
+                    budget,
+                    emit,
+                    stop,
+                    request.tool_choice == "any",
+                    abandon_on_cancel=True,
                 )
             finally:
                 stop.set()
@@ -441,6 +448,7 @@ class LocalModel:
         budget: int,
         emit: Callable[[str], None],
         stop: threading.Event,
+        force_call: bool = False,
     ) -> _Completion:
         """Blocking: runs in a worker thread, one request at a time.
 
@@ -449,6 +457,7 @@ class LocalModel:
         times slower on a CPU. As soon as the start shows a tool call (``<tool_call>``, or
         JSON bare or fenced), that start is replaced by ``<tool_call>\\n`` and the call is
         generated under the grammar, so it always parses. Prose streams as it comes.
+        With `force_call` the reply is a tool call from its first token.
         """
         grammar_type: Any = _import_llama_cpp().LlamaGrammar
         with self._thread_lock:
@@ -464,7 +473,9 @@ class LocalModel:
             first = self._run(tokens, min(budget, room), None, stop, started)
             head = ""
             kind: ReplyKind | None = None if grammar else "text"
-            for piece in first:
+            if force_call and grammar is not None:
+                kind = "calls"
+            for piece in first if kind != "calls" else ():
                 if kind is None:
                     head += piece
                     kind = reply_kind(head)
@@ -478,6 +489,7 @@ class LocalModel:
             finish = first.finish_reason
             output_tokens = first.tokens
             if kind == "calls" and grammar is not None:
+                first_token_at = first.first_token_at
                 spent = first.tokens
                 first.close()
                 continuation = self._run(
@@ -492,8 +504,11 @@ class LocalModel:
                 text = CALL_OPEN + "".join(continuation.pieces)
                 finish = continuation.finish_reason
                 output_tokens = spent + continuation.tokens
+                first_token_at = first_token_at or continuation.first_token_at
+            else:
+                first_token_at = first.first_token_at
             finished = time.perf_counter()
-            first_token_at = first.first_token_at or finished
+            first_token_at = first_token_at or finished
             stats = GenerationStats(
                 prompt_tokens=len(tokens),
                 reused_tokens=min(reused, len(tokens) - 1),

@@ -159,7 +159,9 @@ class _Builder:
         n = self.messages + 1
         if rng.random() < 0.5:
             size = rng.choice((10, 200, 3_000))
-            text = (f"Instruction {n}: also keep the public API stable and add a test. " * 60)[:size]
+            text = (f"Instruction {n}: also keep the public API stable and add a test. " * 60)[
+                :size
+            ]
             return self.message("user", "user", [TextBlock(text=f"[{n}] {text}")])
         return self.message("user", "runtime", [TextBlock(text=f"[runtime notice {n}] continue.")])
 
