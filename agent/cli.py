@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
@@ -125,7 +126,9 @@ def _settings(args: argparse.Namespace, provider: ProviderName) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = str(first["loc"][0]).replace("_", "-") if first["loc"] else "settings"
+        if not first["loc"]:  # a rule across flags: its message names them
+            raise ConfigError(str(first["msg"]).removeprefix("Value error, ")) from None
+        where = str(first["loc"][0]).replace("_", "-")
         raise ConfigError(f"--{where}: {first['msg']}") from None
 
 
@@ -155,6 +158,21 @@ def _load_tools(specs: Sequence[str]) -> list[Any]:
         except ToolLoadError as exc:
             raise ConfigError(f"--tools {spec}: {exc}") from None
     return loaded
+
+
+def _check_task(args: argparse.Namespace) -> None:
+    task = getattr(args, "task", None)
+    if task is not None and not task.strip():
+        raise ConfigError("TASK is empty: say what the agent should do")
+
+
+def _one_line_warnings() -> None:
+    """Warnings (a damaged log line, say) as one tidemark line, not Python's two."""
+
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        print(f"tidemark: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def _check_workspace(raw: str) -> None:
@@ -245,6 +263,7 @@ def _tidemark_error(exc: BaseException) -> TidemarkError | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     if args.command == "inspect":
         from agent.inspect import inspect_command
 
@@ -261,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except OSError as exc:
                 raise ConfigError(f"--log-json {args.log_json}: {exc.strerror}") from None
         _check_workspace(args.workspace)
+        _check_task(args)
         _configure_logging(log_file)
         return anyio.run(_main_async, args)
     except (TidemarkError, BaseExceptionGroup) as exc:

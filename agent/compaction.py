@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.boundaries import kept_tail_start, latest_results_index, tombstone_tool_results
+from agent.errors import ModelError
 from agent.messages import Message, TextBlock
 from agent.model import Model, ModelRequest, ToolSpec
 from agent.tokens import TokenCounter
@@ -210,13 +211,20 @@ async def full_summary(
         tools=tools,
         max_tokens=max_tokens,
         purpose="compact",
+        tool_choice="none",
     )
     response = await model.generate(request)
     text = "\n".join(b.text for b in response.content if isinstance(b, TextBlock)).strip()
+    if not text or response.stop_reason not in ("end_turn", "stop_sequence"):
+        # Never replace the session by an empty or cut-off summary: keep the context.
+        raise ModelError(
+            f"the model returned no usable summary (stop reason {response.stop_reason}); "
+            "the context was kept as it was"
+        )
     real_tail = [m for m in tail if m.id in positions]
     position = positions[real_tail[0].id] if real_tail else len(transcript)
     summary = summary_message(
-        text or "(the model returned an empty summary)",
+        text,
         _users_own_before(transcript, position),
         source="summary",
     )

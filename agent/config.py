@@ -26,7 +26,8 @@ class Settings(BaseModel):
 
     compact_at: int | None = Field(default=None, ge=1000)
     """Estimated input tokens of the next request at which compaction happens.
-    Default: context_window - 33000 (or 3/4 of small windows)."""
+    Default: context_window - 33000; for windows of 66000 or less, 3/4 of the window
+    (window - 33000 would leave nothing)."""
 
     memory_init_tokens: int = Field(default=10_000, ge=0)
     """Context size before the first memory update."""
@@ -60,7 +61,7 @@ class Settings(BaseModel):
         if self.compact_at is not None and self.compact_at > self.context_window:
             raise ValueError(
                 f"--compact-at {self.compact_at} is larger than the context window "
-                f"{self.context_window}"
+                f"{self.context_window}: lower it or raise --context-window"
             )
         return self
 
@@ -79,6 +80,15 @@ class Settings(BaseModel):
     @property
     def tail_max_tokens(self) -> int:
         return min(40_000, self.compaction_threshold // 2)
+
+    @property
+    def memory_limit_tokens(self) -> int:
+        """The memory's size limit, scaled so memory + tail fit under a small --compact-at."""
+        return max(500, min(self.memory_max_tokens, self.compaction_threshold // 4))
+
+    @property
+    def memory_section_limit_tokens(self) -> int:
+        return max(100, min(self.memory_section_tokens, self.memory_limit_tokens // 4))
 
     @property
     def compaction_target(self) -> int:

@@ -10,7 +10,7 @@ from typing import Literal
 import anyio
 
 from agent.config import Settings
-from agent.errors import ContextTooLongError, TurnLimitError, WorkspaceError
+from agent.errors import ContextTooLongError, TidemarkError, TurnLimitError, WorkspaceError
 from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from agent.model import Model, ToolSpec
 from agent.progress import NullProgress, Progress
@@ -30,7 +30,7 @@ from tools import (
 
 __all__ = ["Agent", "RunResult"]
 
-Outcome = Literal["finished", "turn_limit", "interrupted", "nothing_to_do"]
+Outcome = Literal["finished", "turn_limit", "interrupted", "nothing_to_do", "failed"]
 
 INTERRUPTED = "interrupted: the run stopped before this call finished; run it again if needed"
 CUT_OFF = "Your reply was cut off at the output limit. Continue where you stopped."
@@ -121,20 +121,29 @@ class Agent:
 
     async def _drive(self, session: Session) -> RunResult:
         outcome: Outcome = "interrupted"
-        turns = 0
+        failure: TidemarkError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 session.bind(tg)
                 try:
-                    outcome, turns = await self._turns(session)
+                    outcome = await self._turns(session)
+                except TidemarkError as exc:  # raised below, outside the task group
+                    outcome, failure = "failed", exc
                 finally:
                     tg.cancel_scope.cancel()  # in-flight memory updates end with the run
         finally:
             # Synchronous, so a cancellation cannot cut it short: the transcript ends valid.
             _answer_pending(session)
-            code = {"finished": 0, "turn_limit": 1}.get(outcome, 130)
-            session.events.emit("session_finished", outcome=outcome, turns=turns, exit_code=code)
+            code = (
+                failure.exit_code if failure else {"finished": 0, "turn_limit": 1}.get(outcome, 130)
+            )
+            session.events.emit(
+                "session_finished", outcome=outcome, turns=session.turns, exit_code=code
+            )
             session.close()
+        if failure is not None:
+            raise failure
+        turns = session.turns
         final = session.context[-1].text if session.context else ""
         if outcome == "turn_limit":
             raise TurnLimitError(
@@ -143,7 +152,7 @@ class Agent:
             )
         return RunResult(session.paths.session_id, outcome, turns, final, session.paths)
 
-    async def _turns(self, session: Session) -> tuple[Outcome, int]:
+    async def _turns(self, session: Session) -> Outcome:
         ctx = ToolContext(
             workspace=self.workspace,
             default_timeout=self.settings.tool_timeout,
@@ -153,7 +162,11 @@ class Agent:
         nudged = False
         history: list[dict[tuple[str, str], str]] = []
         for turn in range(1, self.settings.max_turns + 1):
+            session.turns = turn
             await session.compact_if_needed()
+            # After compaction, so an update's snapshot is the context the next turn sends
+            # (the same cached prefix, and never larger than the window).
+            session.schedule_update()
             self.progress.memory_lag(
                 None if session.updater.document.is_empty else session.memory_lag_tokens()
             )
@@ -172,10 +185,14 @@ class Agent:
                 response = await self.model.generate(
                     session.request(self.settings.max_output_tokens)
                 )
+            # The API rejects whitespace-only text blocks: never keep one in the transcript.
+            content = [
+                b for b in response.content if not (isinstance(b, TextBlock) and not b.text.strip())
+            ]
             reply = Message(
                 role="assistant",
                 origin="model",
-                content=response.content or [TextBlock(text="(no reply)")],
+                content=content or [TextBlock(text="(no reply)")],
                 usage=response.usage,
                 stop_reason=response.stop_reason,
             )
@@ -203,9 +220,8 @@ class Agent:
                 nudged = True
                 session.add(Message.user_text(NUDGE, origin="runtime"))
             else:
-                return "finished", turn
-            session.schedule_update(paused=not uses)
-        return "turn_limit", self.settings.max_turns
+                return "finished"
+        return "turn_limit"
 
     async def _run_tools(
         self,

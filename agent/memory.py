@@ -43,7 +43,7 @@ HEADINGS = tuple(h for h, _ in SECTIONS)
 _DESCRIPTIONS = dict(SECTIONS)
 KEPT_MARK = "(kept by tidemark)"
 _MARKER_RE = re.compile(r"<!--\s*tidemark-memory\s+(.*?)-->\s*$", re.S)
-_HEADING_RE = re.compile(r"^# (.+?)\s*$", re.M)
+_HEADING_RE = re.compile(r"# (.+?)\s*")
 _FENCE_RE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n\s*```\s*$", re.S)
 
 
@@ -64,17 +64,27 @@ def parse_sections(text: str) -> dict[str, str]:
     """Bodies of the known level-1 sections (description line removed), in file order."""
     text = _MARKER_RE.sub("", _strip_fence(text))
     found: dict[str, str] = {}
-    matches = list(_HEADING_RE.finditer(text))
-    for n, m in enumerate(matches):
-        name = m.group(1).strip()
-        if name not in _DESCRIPTIONS:
-            continue
-        end = matches[n + 1].start() if n + 1 < len(matches) else len(text)
-        body = text[m.end() : end].strip("\n")
-        lines = body.split("\n")
-        if lines and re.fullmatch(r"\s*_[^_].*_\s*", lines[0]):
-            lines = lines[1:]
-        found[name] = "\n".join(lines).strip()
+    current: str | None = None
+    body: list[str] = []
+    in_fence = False
+
+    def close() -> None:
+        if current is not None:
+            lines = "\n".join(body).strip("\n").split("\n")
+            if lines and re.fullmatch(r"\s*_[^_].*_\s*", lines[0]):
+                lines = lines[1:]
+            found[current] = "\n".join(lines).strip()
+
+    for line in text.split("\n"):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        m = _HEADING_RE.fullmatch(line) if not in_fence else None
+        if m and m.group(1).strip() in _DESCRIPTIONS:
+            close()
+            current, body = m.group(1).strip(), []
+        elif current is not None:
+            body.append(line)
+    close()
     return found
 
 
@@ -165,11 +175,17 @@ class MemoryDocument:
         return text
 
 
+NO_CHANGES = "NO CHANGES"
+
+
 def merge_update(current: MemoryDocument, reply: str) -> dict[str, str]:
     """Sections after applying a model reply: the changed sections only, or the whole document.
 
-    A reply with no known heading is rejected. Kept subsections in the reply are ignored.
+    A reply of exactly ``NO CHANGES`` keeps the document as it is. A reply with no known
+    heading is rejected. Kept subsections in the reply are ignored.
     """
+    if reply.strip().strip(".").upper() == NO_CHANGES:
+        return dict(current.sections)
     parsed = parse_sections(reply)
     if not parsed:
         raise MemoryError("the update contains none of the memory's headings")

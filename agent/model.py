@@ -41,8 +41,9 @@ class ModelRequest:
     # Index of the last message the provider's prompt cache should mark (besides the last
     # message), e.g. the previous request's end or a memory update's shared prefix.
     cache_breakpoint: int | None = None
-    # "any": the reply must call a tool (used to get a small model to act at all).
-    tool_choice: Literal["auto", "any"] = "auto"
+    # "any": the reply must call a tool (used to get a small model to act at all);
+    # "none": it must not (memory updates and summaries carry the tools only for the cache).
+    tool_choice: Literal["auto", "any", "none"] = "auto"
 
 
 class ModelResponse(BaseModel):

@@ -17,11 +17,13 @@ from agent.compaction import (
     full_summary,
 )
 from agent.config import Settings
+from agent.errors import ModelError
 from agent.events import EventLog
 from agent.memory import MemoryDocument, MemoryStore, RuntimeRecord
-from agent.messages import Message, ToolResultBlock, Usage
+from agent.messages import Message, ToolResultBlock, ToolUseBlock, Usage
 from agent.model import Model, ModelRequest, ToolSpec
 from agent.progress import Progress
+from agent.storage import read_jsonl
 from agent.tokens import TokenCounter
 from agent.transcript import SessionPaths, TranscriptState, TranscriptWriter
 from agent.updater import MemoryUpdater, Snapshot, UpdatePolicy
@@ -61,6 +63,10 @@ class Session:
         self.context: list[Message] = []
         self.record = RuntimeRecord()
         self.compactions = 0
+        self.turns = 0
+        # Real tokens per estimated token, from the latest response's usage: compaction
+        # plans in estimates, so its budget is scaled to land under the real target.
+        self.calibration = 1.0
         self._anchor: tuple[int, int] | None = None  # (usage tokens, context length then)
         self._tg: TaskGroup | None = None
         self.store = MemoryStore(paths.memory)
@@ -107,6 +113,9 @@ class Session:
     def note_usage(self, usage: Usage) -> None:
         """The latest response's usage anchors the context size (the rest is estimated)."""
         self._anchor = (usage.context_tokens, len(self.context))
+        estimated = self.preamble_tokens + self.counter.messages(self.context)
+        if usage.total_input_tokens > 0 and estimated > 0:
+            self.calibration = min(3.0, max(0.5, usage.context_tokens / estimated))
 
     def context_tokens(self) -> int:
         """Estimated input tokens of the next request."""
@@ -119,6 +128,9 @@ class Session:
         self, name: str, tool_input: dict[str, Any], result: ToolResultBlock
     ) -> None:
         self.policy.tool_calls_since += 1
+        self._note_files(name, tool_input, result)
+
+    def _note_files(self, name: str, tool_input: dict[str, Any], result: ToolResultBlock) -> None:
         path = tool_input.get("path")
         if isinstance(path, str) and not result.is_error and name in _READS | _WRITES:
             self.record.note_file(path, modified=name in _WRITES)
@@ -155,14 +167,15 @@ class Session:
         covered = self.cumulative[position] if position is not None else 0
         return self.transcript_tokens - covered
 
-    def schedule_update(self, *, paused: bool) -> None:
-        """After a turn: start a background update when the policy says it is due."""
+    def schedule_update(self) -> None:
+        """Between turns: start a background update when the policy says it is due."""
         if self.updater.running or self._tg is None:
             return
+        last = next((m for m in reversed(self.context) if m.role == "assistant"), None)
         if self.policy.due(
             context_tokens=self.context_tokens(),
             transcript_tokens=self.transcript_tokens,
-            paused=paused,
+            paused=last is not None and not last.tool_uses,
         ):
             self._start_update()
 
@@ -177,6 +190,14 @@ class Session:
         covered = self.positions.get(covers, -1) if covers else -1
         if position <= covered:
             return
+        room = self.settings.context_window - self.settings.memory_update_output_tokens
+        needed = (
+            self.preamble_tokens
+            + self.counter.messages(self.context[: j + 1])
+            + 2 * self.settings.memory_limit_tokens  # the memory, in the instruction
+        )
+        if needed * self.calibration > room:
+            return  # would not fit the window; the next compaction makes room
         snapshot = Snapshot(
             messages=self.context[: j + 1],
             boundary_id=boundary.id,
@@ -208,13 +229,18 @@ class Session:
     # -- compaction ------------------------------------------------------------------------
 
     def budget(self) -> CompactionBudget:
+        """The contract's figures, in estimated tokens (scaled by the calibration)."""
         s = self.settings
+
+        def est(tokens: int) -> int:
+            return int(tokens / self.calibration)
+
         return CompactionBudget(
-            target=s.compaction_target,
-            limit=s.context_window - s.max_output_tokens,
+            target=est(s.compaction_target),
+            limit=est(s.context_window - s.max_output_tokens),
             preamble=self.preamble_tokens,
-            tail_min=s.tail_min_tokens,
-            tail_max=s.tail_max_tokens,
+            tail_min=est(s.tail_min_tokens),
+            tail_max=est(s.tail_max_tokens),
         )
 
     async def compact_if_needed(self, *, force: bool = False) -> CompactionResult | None:
@@ -226,22 +252,28 @@ class Session:
         waited = await self.updater.wait_idle(self.settings.compaction_wait_ms / 1000)
         budget = self.budget()
         result = self._instant(budget)
+        if force and result is not None and result.tool_results_cleared == 0:
+            result = None if result.strategy == "tool_result_clearing" else result
         if result is None:
             self.progress.notice(
                 "compacting: no session memory fits; asking the model for a full summary "
                 "(this blocks)"
             )
-            result = await full_summary(
-                self.context,
-                self.transcript,
-                self.positions,
-                model=self.model,
-                system=self.system,
-                tools=self.tools,
-                max_tokens=self.settings.memory_update_output_tokens,
-                counter=self.counter,
-                budget=budget,
-            )
+            try:
+                result = await full_summary(
+                    self.context,
+                    self.transcript,
+                    self.positions,
+                    model=self.model,
+                    system=self.system,
+                    tools=self.tools,
+                    max_tokens=self.settings.memory_update_output_tokens,
+                    counter=self.counter,
+                    budget=budget,
+                )
+            except ModelError as exc:
+                self.progress.notice(f"compaction failed, context kept as it was: {exc}")
+                return None
         elif result.strategy == "tool_result_clearing" and result.tool_results_cleared == 0:
             return None  # nothing to clear and the context still fits the window
         self.context = result.context
@@ -252,7 +284,7 @@ class Session:
             "compaction",
             strategy=result.strategy,
             pre_tokens=pre,
-            post_tokens=result.post_tokens,
+            post_tokens=round(result.post_tokens * self.calibration),
             messages_dropped=result.messages_dropped,
             messages_kept=result.messages_kept,
             boundary_message_id=result.boundary_message_id,
@@ -263,7 +295,8 @@ class Session:
             threshold=self.settings.compaction_threshold,
         )
         self.progress.notice(
-            f"compacted ({result.strategy}): {pre:,} -> {result.post_tokens:,} tokens"
+            f"compacted ({result.strategy}): {pre:,} -> "
+            f"{round(result.post_tokens * self.calibration):,} tokens"
         )
         return result
 
@@ -287,10 +320,21 @@ class Session:
     # -- resume and close --------------------------------------------------------------------
 
     def _restore(self, state: TranscriptState) -> None:
+        uses: dict[str, ToolUseBlock] = {}
         for message in state.messages:
             self._index(message)
             if message.is_users_own:
                 self.record.user_messages.append(message.text)
+            for use in message.tool_uses:
+                uses[use.id] = use
+            for result in message.tool_results:
+                use = uses.get(result.tool_use_id)
+                if use is not None:
+                    self._note_files(use.name, use.input, result)
+        numbers = [
+            e["update"] for e in read_jsonl(self.paths.events) if isinstance(e.get("update"), int)
+        ]
+        self.updater.updates = max([self.updater.updates, *numbers])
         self.context = list(state.context)
         self.compactions = state.compactions
         document = self.updater.document

@@ -51,7 +51,8 @@ Write "# Current State" as three short lists: Done, In progress, Next.
 
 Reply with ONLY the sections that changed: each one starts with its exact heading line \
 (e.g. `# Current State`), followed by its complete new content (the italic description line \
-may be left out). Leave unchanged sections out. Keep it short: every word you write costs time.
+may be left out). Leave unchanged sections out. If nothing needs to change, reply exactly: \
+NO CHANGES. Keep it short: every word you write costs time.
 </tidemark-session-memory-update>"""
 
 
@@ -164,9 +165,12 @@ class MemoryUpdater:
                     "memory_update_failed", update=update, error="cancelled: session ended"
                 )
                 raise
-            # From here on nothing awaits, so a cancellation cannot split the commit: the
-            # file, the document in memory and the boundary event change together.
-            text = self.store.save(document, self.record)
+            text = ""
+            # Shielded: a cancellation cannot split the commit. The file (written in a
+            # worker thread, fsync included, so the event loop never blocks on the disk),
+            # the document in memory and the boundary event change together.
+            with anyio.CancelScope(shield=True):
+                text = await anyio.to_thread.run_sync(self.store.save, document, self.record)
             self.document = document
             self.events.emit(
                 "memory_update_committed",
@@ -186,7 +190,7 @@ class MemoryUpdater:
         instruction = UPDATE_INSTRUCTION.format(
             memory=self.document.render(self.record).strip(),
             rules=describe_rules(
-                self.settings.memory_max_tokens, self.settings.memory_section_tokens
+                self.settings.memory_limit_tokens, self.settings.memory_section_limit_tokens
             ),
         )
         request = ModelRequest(
@@ -196,6 +200,7 @@ class MemoryUpdater:
             max_tokens=self.settings.memory_update_output_tokens,
             purpose="session-memory",
             cache_breakpoint=len(snapshot.messages) - 1,
+            tool_choice="none",
         )
         response = await self.model.generate(request)
         u = response.usage
@@ -214,8 +219,8 @@ class MemoryUpdater:
         validate_document(
             sections,
             estimate=self.counter.estimate,
-            max_tokens=self.settings.memory_max_tokens,
-            section_tokens=self.settings.memory_section_tokens,
+            max_tokens=self.settings.memory_limit_tokens,
+            section_tokens=self.settings.memory_section_limit_tokens,
         )
         return MemoryDocument(
             sections=sections, covers_message_id=snapshot.boundary_id, update=update

@@ -33,7 +33,7 @@ from benchmarks.report import (
     side_by_side,
     targets,
 )
-from benchmarks.strategies import LABELS, StrategyResult, run_strategy
+from benchmarks.strategies import LABELS, Compaction, StrategyResult, run_strategy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,6 +56,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sessions", help="concurrency levels, e.g. 1,10,100 ('' to skip)")
     p.add_argument("--no-overhead", action="store_true", help="skip the overhead benchmark")
     p.add_argument("--show", action="store_true", help="print the results table and exit")
+    p.add_argument(
+        "--render", action="store_true", help="rewrite tables and plots from OUT/raw.json"
+    )
     return p.parse_args(argv)
 
 
@@ -155,6 +158,7 @@ def _write(
             "# Concurrent sessions in one process\n\n" + scale_table(scale) + "\n"
         )
     raw = {
+        "elapsed_s": round(elapsed, 1),
         "params": params.as_dict(),
         "strategies": [dataclasses.asdict(r) for r in results],
         "skipped": skipped,
@@ -166,8 +170,27 @@ def _write(
     return summary
 
 
+def render(out: Path) -> str:
+    """Tables and plots again from the raw figures of an earlier run (no new measurements)."""
+    raw = json.loads((out / "raw.json").read_text())
+    p = raw["params"]
+    for key in ("overhead_sizes", "scale_sessions", "strategies"):
+        p[key] = tuple(p[key])
+    params = Params(**p)
+    results = [
+        StrategyResult(**{**s, "compactions": [Compaction(**c) for c in s["compactions"]]})
+        for s in raw["strategies"]
+    ]
+    overhead = [OverheadRow(**r) for r in raw["overhead"]]
+    scale = [ScaleRow(**r) for r in raw["scale"]]
+    return _write(out, params, results, raw["skipped"], overhead, scale, raw["elapsed_s"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.render:
+        print(render(args.out or RESULTS))
+        return 0
     if args.show:
         path = (args.out or RESULTS) / "summary.md"
         if not path.exists():

@@ -39,7 +39,7 @@ TASK = "Fix the restock bug in the inventory service; the test is test_stock.py.
 class BlockingSession(Session):
     """Compaction always asks the model for a full summary; no background memory."""
 
-    def schedule_update(self, *, paused: bool) -> None:
+    def schedule_update(self) -> None:
         return None
 
     def _instant(self, budget: CompactionBudget) -> CompactionResult | None:
@@ -49,7 +49,7 @@ class BlockingSession(Session):
 class UncompactedSession(Session):
     """The context only grows."""
 
-    def schedule_update(self, *, paused: bool) -> None:
+    def schedule_update(self) -> None:
         return None
 
     async def compact_if_needed(self, *, force: bool = False) -> CompactionResult | None:

@@ -72,6 +72,7 @@ def quick() -> Params:
     return Params(
         time_scale=0.02,
         files=12,
+        lines_per_file=200,
         reads=24,
         context_window=40_000,
         compact_at=30_000,

@@ -270,7 +270,7 @@ def scale_table(rows: Sequence[ScaleRow]) -> str:
             _ms(r.lag_max_ms),
             _ms(r.lag_p99_updating_ms),
             f"{_ms(r.lag_p99_all_ms)} / {_ms(r.lag_max_all_ms)}",
-            str(r.invalid),
+            str(len(r.invalid)),
         ]
         for r in rows
     ]

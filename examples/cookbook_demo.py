@@ -139,7 +139,7 @@ async def _converse(
             session.note_usage(response.usage)
             print(f"ASSISTANT: {_text(response)[:300]}")
             was_running = session.updater.running
-            session.schedule_update(paused=True)  # the answer is a natural pause
+            session.schedule_update()  # the answer is a natural pause
             state = (
                 "update started in the background"
                 if session.updater.running and not was_running

@@ -45,7 +45,8 @@ _EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
 
 def _block_to_wire(block: ContentBlock) -> dict[str, Any]:
     if isinstance(block, TextBlock):
-        return {"type": "text", "text": block.text or "(empty)"}
+        # The API rejects empty and whitespace-only text blocks.
+        return {"type": "text", "text": block.text if block.text.strip() else "(empty)"}
     if isinstance(block, ToolUseBlock):
         return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
     if isinstance(block, ToolResultBlock):
@@ -150,8 +151,8 @@ class AnthropicModel:
             tools = [t.model_dump() for t in request.tools]
             tools[-1]["cache_control"] = _EPHEMERAL
             params["tools"] = tools
-            if request.tool_choice == "any":
-                params["tool_choice"] = {"type": "any"}
+            if request.tool_choice != "auto":
+                params["tool_choice"] = {"type": request.tool_choice}
         return params
 
     async def generate(
@@ -185,6 +186,11 @@ class AnthropicModel:
     async def _stream_once(self, request: ModelRequest, on_text: TextSink | None) -> Any:
         opened = False
         try:
+            if request.purpose == "session-memory" and on_text is None:
+                # Nobody watches a background update: one JSON body parses far cheaper
+                # than hundreds of stream events, which keeps the event loop free.
+                create: Any = self._client.messages.create
+                return await create(**self._params(request))
             async with self._client.messages.stream(**self._params(request)) as stream:
                 opened = True
                 if on_text is not None:
@@ -195,11 +201,11 @@ class AnthropicModel:
                 return await stream.get_final_message()
         except anthropic.BadRequestError as exc:
             message = _error_message(exc)
-            if "prompt is too long" in message:
+            if "prompt is too long" in message or "exceed context limit" in message:
                 raise ContextTooLongError(message) from exc
             raise ModelError(f"the API rejected the request: {message}") from exc
         except anthropic.APIStatusError as exc:
-            if (opened and exc.status_code >= 500) or "overloaded" in _error_message(exc):
+            if opened and (exc.status_code >= 500 or "overloaded" in _error_message(exc)):
                 raise _MidStreamError() from exc
             raise ModelError(
                 f"the API failed with HTTP {exc.status_code}: {_error_message(exc)}"
