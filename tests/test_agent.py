@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import agent
 import tools
 from agent import Agent, ScriptedModel, Settings
 from agent.events import EVENT_KEYS
-from agent.messages import ToolResultBlock
+from agent.messages import TextBlock, ToolResultBlock
+from agent.model import ModelResponse
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +90,25 @@ def test_the_public_api_imports() -> None:
         assert getattr(agent, name) is not None
     for name in tools.__all__:
         assert getattr(tools, name) is not None
+
+
+async def test_whitespace_only_text_from_the_model_never_reaches_a_request(tmp_path: Path) -> None:
+    call = ScriptedModel.call("list_files")
+    padded = call.model_copy(update={"content": [TextBlock(text="\n\n"), *call.content]})
+    model = ScriptedModel([padded, ScriptedModel.reply("ok")])
+    await Agent(model, settings=_settings(tmp_path)).run("x")
+    sent = model.requests[-1].messages[-2]
+    assert all(not isinstance(b, TextBlock) for b in sent.content)
+
+
+async def test_a_model_failure_is_recorded_as_a_failed_session(tmp_path: Path) -> None:
+    def fail(_request: object) -> ModelResponse:
+        raise agent.ModelError("the API failed with HTTP 500")
+
+    model = ScriptedModel([fail])
+    with pytest.raises(agent.ModelError):
+        await Agent(model, settings=_settings(tmp_path)).run("x")
+    (folder,) = (tmp_path / ".tidemark" / "sessions").iterdir()
+    last = json.loads((folder / "events.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "session_finished"
+    assert last["outcome"] == "failed" and last["exit_code"] == 1

@@ -142,6 +142,7 @@ def test_without_yes_and_without_a_terminal_writes_are_refused_and_the_run_goes_
         (["run", "--max-turns", "many", "task"], "whole number"),
         (["run", "--compact-at", "12k", "task"], "whole number"),
         (["run"], "TASK"),
+        (["run", "   "], "TASK is empty"),
         (["resume", "--session", "nope"], "unknown session"),
         (["inspect", "--session", "nope"], "unknown session"),
         (["run", "--tools", "no_such_module:X", "task"], "--tools"),

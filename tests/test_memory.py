@@ -105,3 +105,15 @@ def test_the_store_round_trips_the_document_and_what_it_covers(tmp_path: Path) -
     assert loaded.covers_message_id == "msg_abc" and loaded.update == 3
     assert loaded.sections["Current State"] == "Done."
     assert store.path.read_text().startswith("# Session Title\n_")
+
+
+def test_a_heading_inside_a_code_block_does_not_cut_the_section() -> None:
+    reply = "# Workflow\nRun:\n```bash\n# from the root\npytest\n```\nThen read.\n# Learnings\nx"
+    merged = merge_update(MemoryDocument.empty(), reply)
+    assert merged["Workflow"] == "Run:\n```bash\n# from the root\npytest\n```\nThen read."
+    assert merged["Learnings"] == "x"
+
+
+def test_an_explicit_no_changes_reply_keeps_the_document() -> None:
+    current = MemoryDocument(sections=merge_update(MemoryDocument.empty(), "# Worklog\n- a"))
+    assert merge_update(current, "NO CHANGES.") == current.sections
