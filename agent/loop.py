@@ -75,9 +75,12 @@ class Agent:
             raise WorkspaceError(f"workspace {workspace} does not exist or is not a directory")
         self.workspace = workspace.resolve()
 
+    # The class each run's session is made of (a subclass can change how it compacts).
+    session_class: type[Session] = Session
+
     def _session(self, paths: SessionPaths, resumed: bool) -> Session:
         specs = [ToolSpec.model_validate(s) for s in self.toolset.specs()]
-        return Session(
+        return self.session_class(
             paths=paths,
             model=self.model,
             settings=self.settings,

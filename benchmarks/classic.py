@@ -27,11 +27,8 @@ from agent.compaction import CompactionBudget, CompactionResult
 from agent.config import Settings
 from agent.errors import TidemarkError
 from agent.loop import Agent
-from agent.model import ToolSpec
-from agent.prompts import system_prompt
 from agent.providers.anthropic import AnthropicModel
 from agent.session import Session
-from agent.transcript import SessionPaths, load_transcript
 
 TASK = "Fix the restock bug in the inventory service; the test is test_stock.py."
 
@@ -60,18 +57,6 @@ class ClassicAgent(Agent):
     """The real agent, with the session class of the strategy."""
 
     session_class: type[Session] = BlockingSession
-
-    def _session(self, paths: SessionPaths, resumed: bool) -> Session:
-        specs = [ToolSpec.model_validate(s) for s in self.toolset.specs()]
-        return self.session_class(
-            paths=paths,
-            model=self.model,
-            settings=self.settings,
-            system=system_prompt(self.workspace),
-            tools=specs,
-            progress=self.progress,
-            restored=load_transcript(paths.transcript) if resumed else None,
-        )
 
 
 async def _main(args: argparse.Namespace) -> dict[str, object]:
