@@ -74,7 +74,7 @@ async def test_the_default_model_makes_a_valid_constrained_tool_call() -> None:
         assert calls[0].input["path"].endswith("config.py")
         assert calls[0].id.startswith("toolu_local_")
         assert shown == []  # a tool call is not streamed as text
-        assert response.usage.input_tokens > 100 and response.usage.output_tokens > 5
+        assert response.usage.total_input_tokens > 100 and response.usage.output_tokens > 5
     finally:
         await model.aclose()
 
@@ -114,7 +114,7 @@ async def test_the_default_model_streams_text_and_reuses_the_cached_prefix() -> 
         )
         stats = model.last_stats
         assert stats is not None
-        assert stats.reused_tokens >= response.usage.input_tokens - 1
+        assert stats.reused_tokens >= response.usage.total_input_tokens - 1
         assert memory.content and isinstance(memory.content[0], TextBlock)
         assert memory.usage.output_tokens <= 512  # session-memory output is capped
     finally:

@@ -412,8 +412,12 @@ class LocalModel:
         return self._response(completion, request.tools if constrained else ())
 
     def _response(self, completion: _Completion, tools: Sequence[ToolSpec]) -> ModelResponse:
+        # llama.cpp reuses the KV cache of the longest prefix shared with the previous
+        # prompt: reported as a cache read, the way the Messages API reports its cache.
+        reused = completion.stats.reused_tokens
         usage = Usage(
-            input_tokens=completion.stats.prompt_tokens,
+            input_tokens=completion.stats.prompt_tokens - reused,
+            cache_read_input_tokens=reused,
             output_tokens=completion.stats.output_tokens,
         )
         if not tools:
