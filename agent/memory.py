@@ -10,7 +10,7 @@ covers; it is written in the same atomic replace as the document.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,7 +261,3 @@ def describe_rules(max_tokens: int, section_tokens: int) -> str:
         "when a section grows past its limit, condense it (keep decisions, file paths, "
         "errors and exact results; drop narration)."
     )
-
-
-def join_headings(names: Sequence[str]) -> str:
-    return ", ".join(f"# {n}" for n in names)

@@ -211,23 +211,29 @@ def _start_run(workspace: Path, api: FakeMessagesAPI, *extra: str) -> subprocess
     )
 
 
-def _pid_file_written(path: Path) -> Callable[[], bool]:
-    return lambda: path.exists() and path.read_text().strip().isdigit()
+def _sleeping() -> Script:
+    """A model whose one call starts a background `sleep` and waits for it."""
+    return Script([tool_calls(("bash", {"command": "sleep 60 & echo $! > sleep.pid; wait"}))])
+
+
+def _start_sleeping_run(workspace: Path, api: FakeMessagesAPI) -> tuple[subprocess.Popen[str], int]:
+    """A run whose bash call has started a background `sleep`; returns it and the sleep's pid."""
+    pid_file = workspace / "sleep.pid"
+    run = _start_run(workspace, api)
+    _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit())
+    return run, int(pid_file.read_text())
 
 
 def test_ctrl_c_exits_130_ends_the_running_command_and_leaves_a_valid_transcript(
     tmp_path: Path,
 ) -> None:
-    pid_file = tmp_path / "sleep.pid"
-    script = Script([tool_calls(("bash", {"command": "sleep 60 & echo $! > sleep.pid; wait"}))])
-    with FakeMessagesAPI(script) as api:
-        run = _start_run(tmp_path, api)
-        _wait_for(_pid_file_written(pid_file))
+    with FakeMessagesAPI(_sleeping()) as api:
+        run, sleeper = _start_sleeping_run(tmp_path, api)
         run.send_signal(signal.SIGINT)
         _, err = run.communicate(timeout=30)
     assert run.returncode == 130, err
     assert "Traceback" not in err
-    _wait_for(lambda: not _alive(int(pid_file.read_text())), timeout=10)
+    _wait_for(lambda: not _alive(sleeper), timeout=10)
     records = [
         json.loads(line)
         for line in (_session_dir(tmp_path) / "transcript.jsonl").read_text().splitlines()
@@ -240,14 +246,11 @@ def test_ctrl_c_exits_130_ends_the_running_command_and_leaves_a_valid_transcript
 def test_resume_after_kill_9_answers_the_interrupted_call_and_reaps_its_processes(
     tmp_path: Path,
 ) -> None:
-    pid_file = tmp_path / "sleep.pid"
-    script = Script([tool_calls(("bash", {"command": "sleep 60 & echo $! > sleep.pid; wait"}))])
-    with FakeMessagesAPI(script) as api:
-        run = _start_run(tmp_path, api)
-        _wait_for(_pid_file_written(pid_file))
+    with FakeMessagesAPI(_sleeping()) as api:
+        run, sleeper = _start_sleeping_run(tmp_path, api)
         run.kill()
         run.communicate(timeout=30)
-        _wait_for(lambda: not _alive(int(pid_file.read_text())), timeout=10)
+        _wait_for(lambda: not _alive(sleeper), timeout=10)
         api.responder = Script([text("Resumed and finished.")])
         done = tidemark("resume", "--workspace", str(tmp_path), api=api)
     assert done.returncode == 0, done.stderr
