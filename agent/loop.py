@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -11,16 +10,16 @@ import anyio
 
 from agent.config import Settings
 from agent.errors import ContextTooLongError, TidemarkError, TurnLimitError, WorkspaceError
-from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from agent.messages import Message, TextBlock, ToolResultBlock
 from agent.model import Model, ToolSpec
 from agent.progress import NullProgress, Progress
 from agent.prompts import system_prompt
 from agent.session import Session
+from agent.tool_turn import ToolTurns
 from agent.transcript import SessionPaths, load_transcript
 from tools import (
     Approver,
     Tool,
-    ToolCall,
     ToolContext,
     Toolset,
     builtin_tools,
@@ -35,10 +34,6 @@ Outcome = Literal["finished", "turn_limit", "interrupted", "nothing_to_do", "fai
 INTERRUPTED = "interrupted: the run stopped before this call finished; run it again if needed"
 CUT_OFF = "Your reply was cut off at the output limit. Continue where you stopped."
 NUDGE = "You have not used any tool yet. Use the tools to do the task, then answer."
-REPEATED = (
-    "not run: you made this exact call in each of the last {n} turns and got the same "
-    "result (it is above). Do something different, or finish with your answer."
-)
 
 
 @dataclass(frozen=True)
@@ -161,9 +156,9 @@ class Agent:
             default_timeout=self.settings.tool_timeout,
             process_registry=session.paths.processes,
         )
+        tool_turns = ToolTurns(self.toolset, self.approver, self.progress, ctx)
         acted = any(m.tool_uses for m in session.transcript)
         nudged = False
-        history: list[dict[tuple[str, str], str]] = []
         for turn in range(1, self.settings.max_turns + 1):
             session.turns = turn
             await session.compact_if_needed()
@@ -215,7 +210,7 @@ class Agent:
             uses = reply.tool_uses
             if uses:
                 acted = True
-                results = await self._run_tools(session, ctx, uses, history)
+                results = await tool_turns.run(session, uses)
                 session.add(Message(role="user", origin="tools", content=list(results)))
             elif response.stop_reason == "max_tokens":
                 session.add(Message.user_text(CUT_OFF, origin="runtime"))
@@ -225,62 +220,6 @@ class Agent:
             else:
                 return "finished"
         return "turn_limit"
-
-    async def _run_tools(
-        self,
-        session: Session,
-        ctx: ToolContext,
-        uses: list[ToolUseBlock],
-        history: list[dict[tuple[str, str], str]],
-    ) -> list[ToolResultBlock]:
-        signatures = [(u.name, json.dumps(u.input, sort_keys=True)) for u in uses]
-        # The same call in each of the last two turns with the same result: a loop.
-        blocked = {
-            u.id
-            for u, sig in zip(uses, signatures, strict=True)
-            if len(history) >= 2 and sig in history[-1] and history[-1][sig] == history[-2].get(sig)
-        }
-        calls = [ToolCall(id=u.id, name=u.name, input=u.input) for u in uses if u.id not in blocked]
-
-        def started(call: ToolCall) -> None:
-            detail = ", ".join(f"{k}={str(v)[:60]!r}" for k, v in call.input.items())
-            self.progress.tool_started(call.name, detail)
-
-        outcomes = {
-            o.tool_use_id: o
-            for o in await self.toolset.execute(calls, ctx, self.approver, on_start=started)
-        }
-        results: list[ToolResultBlock] = []
-        for use in uses:
-            outcome = outcomes.get(use.id)
-            if outcome is None:
-                result = ToolResultBlock(
-                    tool_use_id=use.id, content=REPEATED.format(n=2), is_error=True
-                )
-                duration = 0.0
-            else:
-                result = ToolResultBlock(
-                    tool_use_id=use.id, content=outcome.content, is_error=outcome.is_error
-                )
-                duration = outcome.duration_ms
-            session.note_tool_call(use.name, use.input, result)
-            session.events.emit(
-                "tool_call",
-                tool=use.name,
-                tool_use_id=use.id,
-                duration_ms=round(duration, 3),
-                is_error=result.is_error,
-                output_chars=len(result.content),
-            )
-            results.append(result)
-        history.append(
-            {
-                sig: result.content
-                for use, sig, result in zip(uses, signatures, results, strict=True)
-                if use.id not in blocked
-            }
-        )
-        return results
 
 
 def _answer_pending(session: Session) -> None:
