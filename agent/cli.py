@@ -70,7 +70,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--compact-at",
         type=_count,
         metavar="TOKENS",
-        help="compact when the next request would exceed this (default: window - 33000)",
+        help="compact when the next request would exceed this (default: window - 33000; "
+        "3/4 of windows up to 66000)",
     )
     p.add_argument("--memory-init-tokens", type=_count, metavar="N", help="default 10000")
     p.add_argument("--memory-update-tokens", type=_count, metavar="N", help="default 5000")
