@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,8 +11,8 @@ from pathlib import Path
 
 from benchmarks.params import Params
 from benchmarks.script import StepScript
-from benchmarks.strategies import ROOT, percentile, quiet_disconnects
-from tests.support.fakeapi import FakeMessagesAPI, LatencyModel
+from benchmarks.strategies import ROOT, child_env, latency_model, percentile, quiet_disconnects
+from tests.support.fakeapi import FakeMessagesAPI
 from tests.support.sessions import LongSession, write_repository
 
 __all__ = ["ScaleRow", "run_scale"]
@@ -60,16 +59,10 @@ def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
     script = StepScript(
         LongSession(files, reads=params.scale_reads), memory_tokens=params.memory_tokens
     )
-    latency = LatencyModel(
-        params.ttft_base_s,
-        params.ttft_per_input_token_s,
-        params.per_output_token_s,
-        params.scale_time_scale,
-    )
+    latency = latency_model(params, params.scale_time_scale)
     out = workdir / f"scale-{n}.json"
     window = params.scale_compact_at * 2
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env()
     with FakeMessagesAPI(script, latency=latency, context_window=window) as api:
         quiet_disconnects(api)
         subprocess.run(

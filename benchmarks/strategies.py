@@ -28,6 +28,22 @@ from tests.support.sessions import LongSession, write_repository
 __all__ = ["LABELS", "Compaction", "StrategyResult", "percentile", "run_strategy"]
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def latency_model(params: Params, time_scale: float) -> LatencyModel:
+    """The benchmark's latency model at the given time compression."""
+    return LatencyModel(
+        params.ttft_base_s, params.ttft_per_input_token_s, params.per_output_token_s, time_scale
+    )
+
+
+def child_env() -> dict[str, str]:
+    """Environment of a benchmark subprocess: no API settings of the user, this checkout first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 OVERFLOW = "prompt is too long"
 
 LABELS = {
@@ -149,15 +165,9 @@ def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
         if name == "tidemark-short"
         else params.memory_tokens,
     )
-    latency = LatencyModel(
-        params.ttft_base_s,
-        params.ttft_per_input_token_s,
-        params.per_output_token_s,
-        params.time_scale,
-    )
+    latency = latency_model(params, params.time_scale)
     out = workdir / f"{name}.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env()
     with FakeMessagesAPI(script, latency=latency, context_window=params.context_window) as api:
         quiet_disconnects(api)
         env["ANTHROPIC_BASE_URL"] = api.url
