@@ -113,9 +113,19 @@ class Session:
     def note_usage(self, usage: Usage) -> None:
         """The latest response's usage anchors the context size (the rest is estimated)."""
         self._anchor = (usage.context_tokens, len(self.context))
-        estimated = self.preamble_tokens + self.counter.messages(self.context)
-        if usage.total_input_tokens > 0 and estimated > 0:
-            self.calibration = min(3.0, max(0.5, usage.context_tokens / estimated))
+
+    def _calibrate(self) -> float:
+        """Real tokens per estimated token, from the latest usage (kept until a newer one).
+
+        Computed when compaction or an update needs it, not on every turn: it sums the
+        estimate of the whole context the usage was measured on.
+        """
+        if self._anchor is not None and self._anchor[1] <= len(self.context):
+            tokens, length = self._anchor
+            estimated = self.preamble_tokens + self.counter.messages(self.context[:length])
+            if tokens > 0 and estimated > 0:
+                self.calibration = min(3.0, max(0.5, tokens / estimated))
+        return self.calibration
 
     def context_tokens(self) -> int:
         """Estimated input tokens of the next request."""
@@ -196,7 +206,7 @@ class Session:
             + self.counter.messages(self.context[: j + 1])
             + 2 * self.settings.memory_limit_tokens  # the memory, in the instruction
         )
-        if needed * self.calibration > room:
+        if needed * self._calibrate() > room:
             return  # would not fit the window; the next compaction makes room
         snapshot = Snapshot(
             messages=self.context[: j + 1],
@@ -251,6 +261,7 @@ class Session:
             return None
         started = anyio.current_time()
         waited = await self.updater.wait_idle(self.settings.compaction_wait_ms / 1000)
+        self._calibrate()
         budget = self.budget()
         result = self._instant(budget)
         if force and result is not None and result.tool_results_cleared == 0:
