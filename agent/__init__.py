@@ -1,7 +1,13 @@
-"""tidemark: a runtime for tool-using coding agents whose context never stalls."""
+"""tidemark: a runtime for tool-using coding agents whose context never stalls.
 
-from agent.config import Settings
-from agent.errors import (
+``from tidemark import Agent, Settings, tool`` is the library's surface: the agent, its
+settings, the tool decorator and tool types, the model classes, the scripted test model and
+the error types. The runtime lives in the repository's ``agent/`` folder and the tool
+system in ``tools/``; both install as this one package (``tidemark.tools``).
+"""
+
+from tidemark.config import Settings
+from tidemark.errors import (
     ConfigError,
     ContextTooLongError,
     ModelError,
@@ -10,18 +16,30 @@ from agent.errors import (
     TurnLimitError,
     WorkspaceError,
 )
-from agent.events import EVENT_KEYS, EventLog
-from agent.loop import Agent, RunResult
-from agent.messages import Message, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock, Usage
-from agent.model import Model, ModelRequest, ModelResponse, ToolSpec
-from agent.testing import ScriptedModel
+from tidemark.events import EVENT_KEYS, EventLog
+from tidemark.loop import Agent, RunResult
+from tidemark.messages import (
+    Message,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    Usage,
+)
+from tidemark.model import Model, ModelRequest, ModelResponse, ToolSpec
+from tidemark.providers.anthropic import AnthropicModel
+from tidemark.providers.local import LocalModel
+from tidemark.testing import ScriptedModel
+from tidemark.tools import Tool, ToolContext, ToolError, Toolset, tool
 
 __all__ = [
     "EVENT_KEYS",
     "Agent",
+    "AnthropicModel",
     "ConfigError",
     "ContextTooLongError",
     "EventLog",
+    "LocalModel",
     "Message",
     "Model",
     "ModelError",
@@ -34,10 +52,15 @@ __all__ = [
     "TextBlock",
     "ThinkingBlock",
     "TidemarkError",
+    "Tool",
+    "ToolContext",
+    "ToolError",
     "ToolResultBlock",
     "ToolSpec",
     "ToolUseBlock",
+    "Toolset",
     "TurnLimitError",
     "Usage",
     "WorkspaceError",
+    "tool",
 ]

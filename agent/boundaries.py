@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from agent.messages import Message, ToolResultBlock, ToolUseBlock
-from agent.tokens import message_text
+from tidemark.messages import Message, ToolResultBlock, ToolUseBlock
+from tidemark.tokens import message_text
 
 __all__ = [
     "is_safe_cut",

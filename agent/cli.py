@@ -18,12 +18,12 @@ import anyio
 import structlog
 from pydantic import ValidationError
 
-from agent.config import Settings
-from agent.errors import ConfigError, TidemarkError, WorkspaceError
-from agent.loop import Agent, RunResult
-from agent.progress import RichProgress, make_progress
-from agent.providers import ProviderName, default_provider, make_model
-from tools import TerminalApprover, default_approver
+from tidemark.config import Settings
+from tidemark.errors import ConfigError, TidemarkError, WorkspaceError
+from tidemark.loop import Agent, RunResult
+from tidemark.progress import RichProgress, make_progress
+from tidemark.providers import ProviderName, default_provider, make_model
+from tidemark.tools import TerminalApprover, default_approver
 
 __all__ = ["main"]
 
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace, provider: ProviderName) -> Settings:
     values: dict[str, Any] = {"workspace": Path(args.workspace).expanduser()}
     if provider == "local":
-        from agent.providers.local import local_defaults
+        from tidemark.providers.local import local_defaults
 
         values.update(local_defaults())
     for flag, field in _SETTING_FLAGS.items():
@@ -150,7 +150,7 @@ def _configure_logging(log_json: TextIO | None) -> None:
 
 
 def _load_tools(specs: Sequence[str]) -> list[Any]:
-    from tools import ToolLoadError, load_tools
+    from tidemark.tools import ToolLoadError, load_tools
 
     loaded: list[Any] = []
     for spec in specs:
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     if args.command == "inspect":
-        from agent.inspect import inspect_command
+        from tidemark.inspect import inspect_command
 
         try:
             return inspect_command(args)

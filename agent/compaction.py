@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.boundaries import kept_tail_start, latest_results_index, tombstone_tool_results
-from agent.errors import ModelError
-from agent.messages import Message, TextBlock
-from agent.model import Model, ModelRequest, ToolSpec
-from agent.tokens import TokenCounter
+from tidemark.boundaries import kept_tail_start, latest_results_index, tombstone_tool_results
+from tidemark.errors import ModelError
+from tidemark.messages import Message, TextBlock
+from tidemark.model import Model, ModelRequest, ToolSpec
+from tidemark.tokens import TokenCounter
 
 __all__ = [
     "CompactionBudget",

@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
-from agent.messages import utc_now
-from agent.storage import JsonlAppender
+from tidemark.messages import utc_now
+from tidemark.storage import JsonlAppender
 
 __all__ = ["EVENT_KEYS", "EventLog"]
 

@@ -26,11 +26,11 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.errors import WorkspaceError
-from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
-from agent.storage import read_jsonl
-from agent.tokens import TokenCounter
-from agent.transcript import SessionPaths, list_sessions
+from tidemark.errors import WorkspaceError
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.storage import read_jsonl
+from tidemark.tokens import TokenCounter
+from tidemark.transcript import SessionPaths, list_sessions
 
 __all__ = [
     "PRICES",

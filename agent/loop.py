@@ -8,16 +8,15 @@ from typing import Literal
 
 import anyio
 
-from agent.config import Settings
-from agent.errors import ContextTooLongError, TidemarkError, TurnLimitError, WorkspaceError
-from agent.messages import Message, TextBlock, ToolResultBlock
-from agent.model import Model, ToolSpec
-from agent.progress import NullProgress, Progress
-from agent.prompts import system_prompt
-from agent.session import Session
-from agent.tool_turn import ToolTurns
-from agent.transcript import SessionPaths, load_transcript
-from tools import (
+from tidemark.config import Settings
+from tidemark.errors import ContextTooLongError, TidemarkError, TurnLimitError, WorkspaceError
+from tidemark.messages import Message, TextBlock, ToolResultBlock
+from tidemark.model import Model, ToolSpec
+from tidemark.progress import NullProgress, Progress
+from tidemark.prompts import system_prompt
+from tidemark.session import Session
+from tidemark.tool_turn import ToolTurns
+from tidemark.tools import (
     Approver,
     Tool,
     ToolContext,
@@ -26,6 +25,7 @@ from tools import (
     default_approver,
     reap_leftover_processes,
 )
+from tidemark.transcript import SessionPaths, load_transcript
 
 __all__ = ["Agent", "RunResult"]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.storage import atomic_write_text
+from tidemark.storage import atomic_write_text
 
 __all__ = [
     "SECTIONS",

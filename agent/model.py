@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.messages import ContentBlock, Message, Usage
+from tidemark.messages import ContentBlock, Message, Usage
 
 __all__ = ["Model", "ModelRequest", "ModelResponse", "Purpose", "TextSink", "ToolSpec"]
 

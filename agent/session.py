@@ -8,25 +8,25 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from agent.boundaries import last_safe_boundary
-from agent.compaction import (
+from tidemark.boundaries import last_safe_boundary
+from tidemark.compaction import (
     CompactionBudget,
     CompactionResult,
     clear_tool_results,
     compact_with_memory,
     full_summary,
 )
-from agent.config import Settings
-from agent.errors import ModelError
-from agent.events import EventLog
-from agent.memory import MemoryDocument, MemoryStore, RuntimeRecord
-from agent.messages import Message, ToolResultBlock, ToolUseBlock, Usage
-from agent.model import Model, ModelRequest, ToolSpec
-from agent.progress import Progress
-from agent.storage import read_jsonl
-from agent.tokens import TokenCounter
-from agent.transcript import SessionPaths, TranscriptState, TranscriptWriter
-from agent.updater import MemoryUpdater, Snapshot, UpdatePolicy
+from tidemark.config import Settings
+from tidemark.errors import ModelError
+from tidemark.events import EventLog
+from tidemark.memory import MemoryDocument, MemoryStore, RuntimeRecord
+from tidemark.messages import Message, ToolResultBlock, ToolUseBlock, Usage
+from tidemark.model import Model, ModelRequest, ToolSpec
+from tidemark.progress import Progress
+from tidemark.storage import read_jsonl
+from tidemark.tokens import TokenCounter
+from tidemark.transcript import SessionPaths, TranscriptState, TranscriptWriter
+from tidemark.updater import MemoryUpdater, Snapshot, UpdatePolicy
 
 __all__ = ["Session"]
 

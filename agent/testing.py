@@ -16,9 +16,9 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agent.messages import ContentBlock, TextBlock, ToolUseBlock, Usage
-from agent.model import ModelRequest, ModelResponse, TextSink
-from agent.tokens import chars_estimate, message_text
+from tidemark.messages import ContentBlock, TextBlock, ToolUseBlock, Usage
+from tidemark.model import ModelRequest, ModelResponse, TextSink
+from tidemark.tokens import chars_estimate, message_text
 
 __all__ = ["ScriptedModel"]
 

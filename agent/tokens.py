@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from agent.messages import Message, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
-from agent.model import ToolSpec
+from tidemark.messages import Message, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
+from tidemark.model import ToolSpec
 
 __all__ = ["TokenCounter", "chars_estimate", "message_text"]
 

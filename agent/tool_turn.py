@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from agent.messages import ToolResultBlock, ToolUseBlock
-from agent.progress import Progress
-from agent.session import Session
-from tools import Approver, ToolCall, ToolContext, Toolset
+from tidemark.messages import ToolResultBlock, ToolUseBlock
+from tidemark.progress import Progress
+from tidemark.session import Session
+from tidemark.tools import Approver, ToolCall, ToolContext, Toolset
 
 __all__ = ["ToolTurns"]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.errors import WorkspaceError
-from agent.messages import Message, ToolResultBlock
-from agent.storage import JsonlAppender, read_jsonl
+from tidemark.errors import WorkspaceError
+from tidemark.messages import Message, ToolResultBlock
+from tidemark.storage import JsonlAppender, read_jsonl
 
 __all__ = [
     "SessionPaths",

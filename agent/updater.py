@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import anyio
 
-from agent.config import Settings
-from agent.errors import ModelError
-from agent.events import EventLog
-from agent.memory import (
+from tidemark.config import Settings
+from tidemark.errors import ModelError
+from tidemark.events import EventLog
+from tidemark.memory import (
     MemoryDocument,
     MemoryError,
     MemoryStore,
@@ -27,9 +27,9 @@ from agent.memory import (
     merge_update,
     validate_document,
 )
-from agent.messages import Message, TextBlock
-from agent.model import Model, ModelRequest, ToolSpec
-from agent.tokens import TokenCounter
+from tidemark.messages import Message, TextBlock
+from tidemark.model import Model, ModelRequest, ToolSpec
+from tidemark.tokens import TokenCounter
 
 __all__ = ["MemoryUpdater", "Snapshot", "UpdatePolicy"]
 

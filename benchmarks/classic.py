@@ -23,12 +23,12 @@ from typing import Any
 import anyio
 import structlog
 
-from agent.compaction import CompactionBudget, CompactionResult
-from agent.config import Settings
-from agent.errors import TidemarkError
-from agent.loop import Agent
-from agent.providers.anthropic import AnthropicModel
-from agent.session import Session
+from tidemark.compaction import CompactionBudget, CompactionResult
+from tidemark.config import Settings
+from tidemark.errors import TidemarkError
+from tidemark.loop import Agent
+from tidemark.providers.anthropic import AnthropicModel
+from tidemark.session import Session
 
 TASK = "Fix the restock bug in the inventory service; the test is test_stock.py."
 

@@ -37,7 +37,7 @@ import anyio
 def _wrap_tools(workspace: Path) -> list[Any]:
     from langchain_core.tools import StructuredTool
 
-    from tools import ToolContext, ToolError, builtin_tools
+    from tidemark.tools import ToolContext, ToolError, builtin_tools
 
     ctx = ToolContext(
         workspace=workspace.resolve(),
@@ -73,8 +73,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     from langchain_anthropic import ChatAnthropic
     from langchain_anthropic.middleware import AnthropicPromptCachingMiddleware
 
-    from agent.prompts import system_prompt
     from benchmarks.classic import TASK
+    from tidemark.prompts import system_prompt
 
     class BlockExpandedChatAnthropic(ChatAnthropic):
         """ChatAnthropic, with automatic caching expanded into a last-block breakpoint."""

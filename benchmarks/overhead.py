@@ -18,17 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.boundaries import last_safe_boundary
-from agent.config import Settings
-from agent.memory import HEADINGS, MemoryDocument
-from agent.messages import Message, ToolResultBlock, ToolUseBlock, Usage
-from agent.model import ToolSpec
-from agent.progress import NullProgress
-from agent.prompts import system_prompt
-from agent.providers.anthropic import AnthropicModel
-from agent.session import Session
-from agent.transcript import SessionPaths
-from tools import Toolset, builtin_tools
+from tidemark.boundaries import last_safe_boundary
+from tidemark.config import Settings
+from tidemark.memory import HEADINGS, MemoryDocument
+from tidemark.messages import Message, ToolResultBlock, ToolUseBlock, Usage
+from tidemark.model import ToolSpec
+from tidemark.progress import NullProgress
+from tidemark.prompts import system_prompt
+from tidemark.providers.anthropic import AnthropicModel
+from tidemark.session import Session
+from tidemark.tools import Toolset, builtin_tools
+from tidemark.transcript import SessionPaths
 
 __all__ = ["OPERATIONS", "OverheadRow", "measure_overhead"]
 

@@ -18,10 +18,10 @@ from typing import Any
 import anyio
 import structlog
 
-from agent.config import Settings
-from agent.loop import Agent
-from agent.providers.anthropic import AnthropicModel
 from benchmarks.classic import TASK
+from tidemark.config import Settings
+from tidemark.loop import Agent
+from tidemark.providers.anthropic import AnthropicModel
 
 TICK_S = 0.005
 

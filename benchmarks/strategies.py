@@ -141,7 +141,7 @@ def _command(name: str, params: Params, url: str, ws: Path, out: Path) -> list[s
     return [
         py,
         "-m",
-        "agent.cli",
+        "tidemark.cli",
         "run",
         "--workspace",
         str(ws),

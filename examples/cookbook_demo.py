@@ -32,15 +32,15 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.compaction import CompactionResult, full_summary
-from agent.config import Settings
-from agent.messages import Message, TextBlock, Usage
-from agent.model import Model, ModelRequest, ModelResponse, TextSink
-from agent.progress import NullProgress
-from agent.providers.anthropic import AnthropicModel
-from agent.session import Session
-from agent.transcript import SessionPaths
 from benchmarks.prices import cost
+from tidemark.compaction import CompactionResult, full_summary
+from tidemark.config import Settings
+from tidemark.messages import Message, TextBlock, Usage
+from tidemark.model import Model, ModelRequest, ModelResponse, TextSink
+from tidemark.progress import NullProgress
+from tidemark.providers.anthropic import AnthropicModel
+from tidemark.session import Session
+from tidemark.transcript import SessionPaths
 
 SYSTEM_PROMPT = "You are a helpful coding assistant. Keep responses concise but informative."
 QUESTIONS = [

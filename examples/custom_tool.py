@@ -7,7 +7,7 @@ Raise ``ToolError`` for a failure the model should read and act on.
 
 Python API::
 
-    from agent import Agent
+    from tidemark import Agent
     from examples.custom_tool import count_lines
 
     agent = Agent(model, tools=[count_lines])   # added to the built-in tools
@@ -24,7 +24,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from tools import ToolContext, ToolError, tool
+from tidemark.tools import ToolContext, ToolError, tool
 
 MAX_FILES = 200
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-import agent
-import tools
-from agent import Agent, ScriptedModel, Settings
-from agent.events import EVENT_KEYS
-from agent.messages import TextBlock, ToolResultBlock
-from agent.model import ModelResponse
+import tidemark
+from tidemark import Agent, ScriptedModel, Settings, tools
+from tidemark.events import EVENT_KEYS
+from tidemark.messages import TextBlock, ToolResultBlock
+from tidemark.model import ModelResponse
 
 pytestmark = pytest.mark.anyio
 
@@ -81,13 +80,13 @@ async def test_a_model_that_answers_without_acting_is_nudged_once_when_asked(
 
 async def test_the_turn_cap_raises_a_turn_limit_error(tmp_path: Path) -> None:
     model = ScriptedModel([ScriptedModel.call("list_files") for _ in range(5)])
-    with pytest.raises(agent.TurnLimitError, match="turn cap"):
+    with pytest.raises(tidemark.TurnLimitError, match="turn cap"):
         await Agent(model, settings=_settings(tmp_path, max_turns=2)).run("x")
 
 
 def test_the_public_api_imports() -> None:
-    for name in agent.__all__:
-        assert getattr(agent, name) is not None
+    for name in tidemark.__all__:
+        assert getattr(tidemark, name) is not None
     for name in tools.__all__:
         assert getattr(tools, name) is not None
 
@@ -103,10 +102,10 @@ async def test_whitespace_only_text_from_the_model_never_reaches_a_request(tmp_p
 
 async def test_a_model_failure_is_recorded_as_a_failed_session(tmp_path: Path) -> None:
     def fail(_request: object) -> ModelResponse:
-        raise agent.ModelError("the API failed with HTTP 500")
+        raise tidemark.ModelError("the API failed with HTTP 500")
 
     model = ScriptedModel([fail])
-    with pytest.raises(agent.ModelError):
+    with pytest.raises(tidemark.ModelError):
         await Agent(model, settings=_settings(tmp_path)).run("x")
     (folder,) = (tmp_path / ".tidemark" / "sessions").iterdir()
     last = json.loads((folder / "events.jsonl").read_text().splitlines()[-1])

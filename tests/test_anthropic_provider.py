@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent import ContextTooLongError, Message, ModelError, ModelRequest, ToolSpec
-from agent.messages import ToolResultBlock, ToolUseBlock
-from agent.providers.anthropic import AnthropicModel
 from tests.support.fakeapi import FakeMessagesAPI, Reply, Script, text, tool_calls
+from tidemark import ContextTooLongError, Message, ModelError, ModelRequest, ToolSpec
+from tidemark.messages import ToolResultBlock, ToolUseBlock
+from tidemark.providers.anthropic import AnthropicModel
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.boundaries import (
+from tests.support.transcripts import GeneratedSession, api_error, sessions, tool_output
+from tidemark.boundaries import (
     is_safe_cut,
     kept_tail_start,
     last_safe_boundary,
@@ -16,9 +17,8 @@ from agent.boundaries import (
     tombstone_text,
     tombstone_tool_results,
 )
-from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
-from agent.tokens import TokenCounter, chars_estimate
-from tests.support.transcripts import GeneratedSession, api_error, sessions, tool_output
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.tokens import TokenCounter, chars_estimate
 
 FAST = settings(max_examples=150, deadline=None)
 

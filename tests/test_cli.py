@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from agent.compaction import SUMMARY_HEADER
-from agent.events import EVENT_KEYS
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text, tool_calls
 from tests.support.sessions import LongSession, memory_reply, write_repository
+from tidemark.compaction import SUMMARY_HEADER
+from tidemark.events import EVENT_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -33,7 +33,7 @@ def _env(api: FakeMessagesAPI | None) -> dict[str, str]:
 
 
 def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", *args]
+    return [sys.executable, "-m", "tidemark.cli", *args]
 
 
 def tidemark(

@@ -8,14 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.boundaries import (
+from tests.support.transcripts import GeneratedSession, api_error, sessions, tool_output
+from tidemark.boundaries import (
     is_safe_cut,
     last_safe_boundary,
     latest_results_index,
     request_problems,
     tombstone_tool_results,
 )
-from agent.compaction import (
+from tidemark.compaction import (
     SUMMARY_HEADER,
     CompactionBudget,
     CompactionResult,
@@ -24,10 +25,9 @@ from agent.compaction import (
     full_summary,
     summary_message,
 )
-from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
-from agent.testing import ScriptedModel
-from agent.tokens import TokenCounter
-from tests.support.transcripts import GeneratedSession, api_error, sessions, tool_output
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.testing import ScriptedModel
+from tidemark.tokens import TokenCounter
 
 PROPERTIES = settings(max_examples=200, deadline=None)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from examples.custom_tool import TOOLS, count_lines
-from tools import DenyApprover, ToolCall, ToolContext, Toolset, builtin_tools, load_tools
+from tidemark.tools import DenyApprover, ToolCall, ToolContext, Toolset, builtin_tools, load_tools
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[1]

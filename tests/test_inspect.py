@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from agent.cli import main
-from agent.inspect import (
+from tidemark.cli import main
+from tidemark.inspect import (
     PRICES,
     PRICES_AS_OF,
     PRICES_SOURCE,
@@ -21,7 +21,7 @@ from agent.inspect import (
     price_for,
     summarize,
 )
-from agent.progress import PlainProgress, RichProgress, make_progress
+from tidemark.progress import PlainProgress, RichProgress, make_progress
 
 RECORDED = Path(__file__).parent / "data" / "recorded-session"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ProviderUnavailableError
-from agent.providers.local import locate_model_parts
+from tidemark.errors import ProviderUnavailableError
+from tidemark.providers.local import locate_model_parts
 
 pytest.importorskip("llama_cpp", reason="needs the 'local' extra: pip install '.[local]'")
 try:
@@ -35,7 +35,7 @@ def test_with_no_api_key_the_cli_runs_the_local_model_and_it_makes_a_real_tool_c
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "tidemark.cli",
             "run",
             "--workspace",
             str(workspace),

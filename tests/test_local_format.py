@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ProviderUnavailableError
-from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
-from agent.model import ToolSpec
-from agent.providers.local import (
+from tidemark.errors import ProviderUnavailableError
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.model import ToolSpec
+from tidemark.providers.local import (
     LocalModel,
     join_model_parts,
     local_defaults,
     locate_model_parts,
 )
-from agent.providers.local_format import (
+from tidemark.providers.local_format import (
     first_sentence,
     parse_reply,
     render_prompt,

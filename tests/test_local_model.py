@@ -8,11 +8,11 @@ from typing import Any
 import anyio
 import pytest
 
-from agent.errors import ProviderUnavailableError
-from agent.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
-from agent.model import ModelRequest, ToolSpec
-from agent.providers.local import LocalModel, locate_model_parts
-from agent.providers.local_format import render_prompt, tool_entry
+from tidemark.errors import ProviderUnavailableError
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.model import ModelRequest, ToolSpec
+from tidemark.providers.local import LocalModel, locate_model_parts
+from tidemark.providers.local_format import render_prompt, tool_entry
 
 pytest.importorskip("llama_cpp", reason="needs the 'local' extra: pip install '.[local]'")
 try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.memory import (
+from tidemark.memory import (
     HEADINGS,
     MemoryDocument,
     MemoryError,
@@ -17,7 +17,7 @@ from agent.memory import (
     render_template,
     validate_document,
 )
-from agent.tokens import chars_estimate
+from tidemark.tokens import chars_estimate
 
 
 def _check(sections: dict[str, str]) -> None:

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from agent import Agent, Settings
-from agent.compaction import SUMMARY_HEADER
-from agent.memory import HEADINGS
-from agent.providers.anthropic import AnthropicModel
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text
 from tests.support.sessions import LongSession, memory_reply, write_repository
+from tidemark import Agent, Settings
+from tidemark.compaction import SUMMARY_HEADER
+from tidemark.memory import HEADINGS
+from tidemark.providers.anthropic import AnthropicModel
 
 pytestmark = pytest.mark.anyio
 

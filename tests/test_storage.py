@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.storage import JsonlAppender, atomic_write_text, read_jsonl
+from tidemark.storage import JsonlAppender, atomic_write_text, read_jsonl
 
 
 def test_kill_9_during_repeated_atomic_writes_leaves_a_whole_old_or_new_file(
@@ -25,7 +25,7 @@ def test_kill_9_during_repeated_atomic_writes_leaves_a_whole_old_or_new_file(
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
         from pathlib import Path
-        from agent.storage import atomic_write_text
+        from tidemark.storage import atomic_write_text
         n = 0
         print("ready", flush=True)
         while True:

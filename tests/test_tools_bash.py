@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tools import (
+from tidemark.tools import (
     AutoApprover,
     ToolCall,
     ToolContext,
@@ -170,7 +170,7 @@ import sys
 from pathlib import Path
 import anyio
 sys.path.insert(0, {repo!r})
-from tools import ToolContext, builtin_tools
+from tidemark.tools import ToolContext, builtin_tools
 
 async def main() -> None:
     ctx = ToolContext(Path(sys.argv[1]), process_registry=Path(sys.argv[2]))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tools import AutoApprover, ToolCall, ToolContext, ToolOutcome, Toolset, builtin_tools
+from tidemark.tools import AutoApprover, ToolCall, ToolContext, ToolOutcome, Toolset, builtin_tools
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from tools import FunctionTool, ToolContext, ToolError, tool
+from tidemark.tools import FunctionTool, ToolContext, ToolError, tool
 
 pytestmark = pytest.mark.anyio
 

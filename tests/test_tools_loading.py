@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tools import FunctionTool, ToolLoadError, load_tools
+from tidemark.tools import FunctionTool, ToolLoadError, load_tools
 
 _numbers = itertools.count()
 
 MODULE = '''
-from tools import tool, ToolContext
+from tidemark.tools import tool, ToolContext
 
 @tool(read_only=True)
 def shout(text: str) -> str:

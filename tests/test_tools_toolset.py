@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-import tools
-from tools import (
+from tidemark import tools
+from tidemark.tools import (
     AutoApprover,
     DenyApprover,
     TerminalApprover,

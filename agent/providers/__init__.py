@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from agent.model import Model
+from tidemark.model import Model
 
 __all__ = ["ProviderName", "default_provider", "make_model"]
 
@@ -21,11 +21,11 @@ def default_provider() -> ProviderName:
 
 def make_model(provider: ProviderName, model: str | None, context_window: int) -> Model:
     if provider == "anthropic":
-        from agent.providers.anthropic import DEFAULT_MODEL, AnthropicModel
+        from tidemark.providers.anthropic import DEFAULT_MODEL, AnthropicModel
 
         return AnthropicModel(model or DEFAULT_MODEL, context_window=context_window)
     from pathlib import Path
 
-    from agent.providers.local import LocalModel
+    from tidemark.providers.local import LocalModel
 
     return LocalModel(Path(model) if model else None, context_window=context_window)

@@ -15,8 +15,8 @@ from typing import Any
 import anthropic
 import anyio
 
-from agent.errors import ContextTooLongError, ModelError
-from agent.messages import (
+from tidemark.errors import ContextTooLongError, ModelError
+from tidemark.messages import (
     ContentBlock,
     Message,
     TextBlock,
@@ -25,8 +25,8 @@ from agent.messages import (
     ToolUseBlock,
     Usage,
 )
-from agent.model import ModelRequest, ModelResponse, TextSink
-from agent.tokens import chars_estimate
+from tidemark.model import ModelRequest, ModelResponse, TextSink
+from tidemark.tokens import chars_estimate
 
 __all__ = ["DEFAULT_MODEL", "AnthropicModel", "to_wire_messages"]
 

@@ -25,10 +25,10 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from agent.errors import ContextTooLongError, ModelError, ProviderUnavailableError
-from agent.messages import ContentBlock, TextBlock, Usage
-from agent.model import ModelRequest, ModelResponse, TextSink, ToolSpec
-from agent.providers.local_format import (
+from tidemark.errors import ContextTooLongError, ModelError, ProviderUnavailableError
+from tidemark.messages import ContentBlock, TextBlock, Usage
+from tidemark.model import ModelRequest, ModelResponse, TextSink, ToolSpec
+from tidemark.providers.local_format import (
     CALL_OPEN,
     END_OF_TURN,
     ReplyKind,

@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from agent.messages import (
+from tidemark.messages import (
     ContentBlock,
     Message,
     TextBlock,
     ToolResultBlock,
     ToolUseBlock,
 )
-from agent.model import ToolSpec
+from tidemark.model import ToolSpec
 
 __all__ = [
     "END_OF_TURN",

@@ -16,8 +16,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from agent.compaction import summary_message
-from agent.messages import (
+from tests.support.fakeapi import signature_for, validate_request
+from tidemark.compaction import summary_message
+from tidemark.messages import (
     ContentBlock,
     Message,
     TextBlock,
@@ -25,8 +26,7 @@ from agent.messages import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from agent.providers.anthropic import to_wire_messages
-from tests.support.fakeapi import signature_for, validate_request
+from tidemark.providers.anthropic import to_wire_messages
 
 __all__ = [
     "TOOL_NAMES",
