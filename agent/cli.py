@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tidemark.config import Settings
 from tidemark.errors import ConfigError, TidemarkError, WorkspaceError
 from tidemark.loop import Agent, RunResult
-from tidemark.progress import RichProgress, make_progress
+from tidemark.progress import RichProgress, follow, make_progress
 from tidemark.providers import ProviderName, default_provider, make_model
 from tidemark.tools import TerminalApprover, default_approver
 
@@ -201,7 +201,7 @@ async def _run(args: argparse.Namespace) -> RunResult:
         tools=extra_tools,
         settings=settings,
         approver=approver,
-        progress=progress,
+        on_event=follow(progress),
         nudge_without_action=provider == "local",
     )
     try:

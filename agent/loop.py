@@ -10,9 +10,9 @@ import anyio
 
 from tidemark.config import Settings
 from tidemark.errors import ContextTooLongError, TidemarkError, TurnLimitError, WorkspaceError
+from tidemark.events import EventSubscriber
 from tidemark.messages import Message, TextBlock, ToolResultBlock
 from tidemark.model import Model, ToolSpec
-from tidemark.progress import NullProgress, Progress
 from tidemark.prompts import system_prompt
 from tidemark.session import Session
 from tidemark.tool_turn import ToolTurns
@@ -46,7 +46,11 @@ class RunResult:
 
 
 class Agent:
-    """A coding agent over one workspace: ``await Agent(model).run("fix the failing test")``."""
+    """A coding agent over one workspace: ``await Agent(model).run("fix the failing test")``.
+
+    It prints nothing: every event goes to the session's events.jsonl and to `on_event`,
+    called with each event record as it happens (a status line, a log, a test's list).
+    """
 
     def __init__(
         self,
@@ -56,14 +60,14 @@ class Agent:
         builtin: bool = True,
         settings: Settings | None = None,
         approver: Approver | None = None,
-        progress: Progress | None = None,
+        on_event: EventSubscriber | None = None,
         nudge_without_action: bool = False,
     ) -> None:
         self.model = model
         self.settings = settings or Settings()
         self.toolset = Toolset([*(builtin_tools() if builtin else []), *tools])
         self.approver = approver or default_approver(self.settings.auto_approve)
-        self.progress = progress or NullProgress()
+        self.on_event = on_event
         self.nudge_without_action = nudge_without_action
         workspace = self.settings.workspace
         if not workspace.is_dir():
@@ -81,7 +85,7 @@ class Agent:
             settings=self.settings,
             system=system_prompt(self.workspace),
             tools=specs,
-            progress=self.progress,
+            subscribers=[self.on_event] if self.on_event else [],
             restored=load_transcript(paths.transcript) if resumed else None,
         )
 
@@ -156,7 +160,7 @@ class Agent:
             default_timeout=self.settings.tool_timeout,
             process_registry=session.paths.processes,
         )
-        tool_turns = ToolTurns(self.toolset, self.approver, self.progress, ctx)
+        tool_turns = ToolTurns(self.toolset, self.approver, ctx)
         acted = any(m.tool_uses for m in session.transcript)
         nudged = False
         for turn in range(1, self.settings.max_turns + 1):
@@ -165,11 +169,14 @@ class Agent:
             # After compaction, so an update's snapshot is the context the next turn sends
             # (the same cached prefix, and never larger than the window).
             session.schedule_update()
-            self.progress.memory_lag(
-                None if session.updater.document.is_empty else session.memory_lag_tokens()
-            )
-            self.progress.turn_started(
-                turn, session.context_tokens(), self.settings.compaction_threshold
+            session.events.emit(
+                "turn_started",
+                turn=turn,
+                context_tokens=session.context_tokens(),
+                threshold=self.settings.compaction_threshold,
+                memory_lag_tokens=None
+                if session.updater.document.is_empty
+                else session.memory_lag_tokens(),
             )
             started = anyio.current_time()
             # A small model that has not acted yet is made to call a tool.

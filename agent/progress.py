@@ -3,6 +3,7 @@
 On a terminal, `RichProgress` keeps one live status line at the bottom (turn, what is
 running, context size against the compaction threshold, memory state) while tool calls and
 notices scroll above it. Anywhere else (pipes, logs, CI), `PlainProgress` prints plain lines.
+Both follow the run through its events (`follow`): the runtime itself never imports this.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -18,7 +19,17 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["NullProgress", "PlainProgress", "Progress", "RichProgress", "make_progress"]
+from tidemark.events import EventSubscriber
+from tidemark.tools.approval import describe_input
+
+__all__ = [
+    "NullProgress",
+    "PlainProgress",
+    "Progress",
+    "RichProgress",
+    "follow",
+    "make_progress",
+]
 
 
 class Progress(Protocol):
@@ -223,3 +234,32 @@ def make_progress(out: TextIO) -> Progress:
     if console.is_terminal and not console.is_dumb_terminal:
         return RichProgress(out, console)
     return PlainProgress(out)
+
+
+def follow(progress: Progress) -> EventSubscriber:
+    """An event subscriber that shows a run's events on `progress`."""
+
+    def on_event(record: dict[str, Any]) -> None:
+        match record["event"]:
+            case "turn_started":
+                progress.memory_lag(record["memory_lag_tokens"])
+                progress.turn_started(record["turn"], record["context_tokens"], record["threshold"])
+            case "tool_started":
+                progress.tool_started(record["tool"], describe_input(record["input"]))
+            case "memory_update_started":
+                progress.memory_state("updating")
+            case "memory_update_committed" | "memory_update_failed":
+                progress.memory_state("idle")
+            case "compaction":
+                progress.notice(
+                    f"compacted ({record['strategy']}): {record['pre_tokens']:,} -> "
+                    f"{record['post_tokens']:,} tokens"
+                )
+            case "compaction_failed":
+                progress.notice(f"compaction failed, context kept as it was: {record['error']}")
+            case "notice":
+                progress.notice(record["text"])
+            case _:
+                pass
+
+    return on_event

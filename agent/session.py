@@ -18,11 +18,10 @@ from tidemark.compaction import (
 )
 from tidemark.config import Settings
 from tidemark.errors import ModelError
-from tidemark.events import EventLog
+from tidemark.events import EventLog, EventSubscriber
 from tidemark.memory import MemoryDocument, MemoryStore, RuntimeRecord
 from tidemark.messages import Message, ToolResultBlock, ToolUseBlock, Usage
 from tidemark.model import Model, ModelRequest, ToolSpec
-from tidemark.progress import Progress
 from tidemark.storage import read_jsonl
 from tidemark.tokens import TokenCounter
 from tidemark.transcript import SessionPaths, TranscriptState, TranscriptWriter
@@ -45,7 +44,7 @@ class Session:
         settings: Settings,
         system: str,
         tools: Sequence[ToolSpec],
-        progress: Progress,
+        subscribers: Sequence[EventSubscriber] = (),
         restored: TranscriptState | None = None,
     ) -> None:
         self.paths = paths
@@ -53,8 +52,7 @@ class Session:
         self.settings = settings
         self.system = system
         self.tools = list(tools)
-        self.progress = progress
-        self.events = EventLog(paths.session_id, paths.events)
+        self.events = EventLog(paths.session_id, paths.events, subscribers)
         self.counter = TokenCounter(model.estimate_tokens)
         self.preamble_tokens = self.counter.preamble(system, self.tools)
         self.transcript: list[Message] = []
@@ -218,12 +216,10 @@ class Session:
         )
         self.policy.taken(self.cumulative[position])
         update = self.updater.begin()
-        self.progress.memory_state("updating")
         self._tg.start_soon(self._run_update, update, snapshot)
 
     async def _run_update(self, update: int, snapshot: Snapshot) -> None:
         await self.updater.run(update, snapshot)
-        self.progress.memory_state("idle")
         if self.policy.behind(self.transcript_tokens) and not self.updater.running:
             self._start_update()  # the session outran the memory: keep up
 
@@ -267,9 +263,10 @@ class Session:
         if force and result is not None and result.tool_results_cleared == 0:
             result = None if result.strategy == "tool_result_clearing" else result
         if result is None:
-            self.progress.notice(
-                "compacting: no session memory fits; asking the model for a full summary "
-                "(this blocks)"
+            self.events.emit(
+                "notice",
+                text="compacting: no session memory fits; asking the model for a full summary "
+                "(this blocks)",
             )
             try:
                 result = await full_summary(
@@ -284,7 +281,7 @@ class Session:
                     budget=budget,
                 )
             except ModelError as exc:
-                self.progress.notice(f"compaction failed, context kept as it was: {exc}")
+                self.events.emit("compaction_failed", strategy="full_summary", error=str(exc))
                 return None
         elif result.strategy == "tool_result_clearing" and result.tool_results_cleared == 0:
             return None  # nothing to clear and the context still fits the window
@@ -305,10 +302,6 @@ class Session:
             tool_results_cleared=result.tool_results_cleared,
             memory_lag_tokens=self.memory_lag_tokens(),
             threshold=self.settings.compaction_threshold,
-        )
-        self.progress.notice(
-            f"compacted ({result.strategy}): {pre:,} -> "
-            f"{round(result.post_tokens * self.calibration):,} tokens"
         )
         return result
 

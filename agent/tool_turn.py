@@ -6,7 +6,6 @@ import json
 from collections.abc import Sequence
 
 from tidemark.messages import ToolResultBlock, ToolUseBlock
-from tidemark.progress import Progress
 from tidemark.session import Session
 from tidemark.tools import Approver, ToolCall, ToolContext, Toolset
 
@@ -24,12 +23,9 @@ Signature = tuple[str, str]
 class ToolTurns:
     """Runs each turn's calls through the toolset and remembers them to catch loops."""
 
-    def __init__(
-        self, toolset: Toolset, approver: Approver, progress: Progress, ctx: ToolContext
-    ) -> None:
+    def __init__(self, toolset: Toolset, approver: Approver, ctx: ToolContext) -> None:
         self.toolset = toolset
         self.approver = approver
-        self.progress = progress
         self.ctx = ctx
         self._history: list[dict[Signature, str]] = []  # per turn: call -> its result
 
@@ -45,8 +41,9 @@ class ToolTurns:
         calls = [ToolCall(id=u.id, name=u.name, input=u.input) for u in uses if u.id not in blocked]
 
         def started(call: ToolCall) -> None:
-            detail = ", ".join(f"{k}={str(v)[:60]!r}" for k, v in call.input.items())
-            self.progress.tool_started(call.name, detail)
+            session.events.emit(
+                "tool_started", tool=call.name, tool_use_id=call.id, input=call.input
+            )
 
         outcomes = {
             o.tool_use_id: o

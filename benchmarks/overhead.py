@@ -23,7 +23,6 @@ from tidemark.config import Settings
 from tidemark.memory import HEADINGS, MemoryDocument
 from tidemark.messages import Message, ToolResultBlock, ToolUseBlock, Usage
 from tidemark.model import ToolSpec
-from tidemark.progress import NullProgress
 from tidemark.prompts import system_prompt
 from tidemark.providers.anthropic import AnthropicModel
 from tidemark.session import Session
@@ -89,7 +88,6 @@ def _session(root: Path, n: int) -> tuple[Session, AnthropicModel]:
         settings=settings,
         system=system_prompt(root),
         tools=specs,
-        progress=NullProgress(),
     )
     session.add(Message.user_text("Fix the restock bug in the inventory service."))
     i = 0

@@ -37,7 +37,6 @@ from tidemark.compaction import CompactionResult, full_summary
 from tidemark.config import Settings
 from tidemark.messages import Message, TextBlock, Usage
 from tidemark.model import Model, ModelRequest, ModelResponse, TextSink
-from tidemark.progress import NullProgress
 from tidemark.providers.anthropic import AnthropicModel
 from tidemark.session import Session
 from tidemark.transcript import SessionPaths
@@ -176,7 +175,6 @@ async def demo(model: Metered, workspace: Path) -> None:
         settings=settings,
         system=SYSTEM_PROMPT,
         tools=[],
-        progress=NullProgress(),
     )
     full_context, full_estimate, result, stall_ms = await _converse(session, model)
 

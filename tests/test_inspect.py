@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from tidemark import Agent, ScriptedModel, Settings
 from tidemark.cli import main
 from tidemark.inspect import (
     PRICES,
@@ -21,7 +22,7 @@ from tidemark.inspect import (
     price_for,
     summarize,
 )
-from tidemark.progress import PlainProgress, RichProgress, make_progress
+from tidemark.progress import PlainProgress, RichProgress, follow, make_progress
 
 RECORDED = Path(__file__).parent / "data" / "recorded-session"
 
@@ -343,6 +344,23 @@ def test_progress_is_plain_lines_when_not_a_terminal() -> None:
         "tidemark: turn 7 | context 12,345/20,000 tokens | "
         "memory idle, last update 3,120 tokens ago\n"
     )
+
+
+@pytest.mark.anyio
+async def test_the_status_line_follows_a_library_run_through_its_events(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("hello\n")
+    out = io.StringIO()
+    steps = [ScriptedModel.call("read_file", path="a.txt"), ScriptedModel.reply("ok")]
+    agent = Agent(
+        ScriptedModel(steps),
+        settings=Settings(workspace=tmp_path),
+        on_event=follow(PlainProgress(out)),
+    )
+    await agent.run("read a.txt")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("tidemark: turn 1 | context ")
+    assert lines[1] == "tidemark:   read_file path='a.txt'"
+    assert lines[2].startswith("tidemark: turn 2 | context ")
 
 
 def test_live_status_line_shows_turn_tool_context_and_memory_state() -> None:
