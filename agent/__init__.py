@@ -12,12 +12,13 @@ from tidemark.errors import (
     ContextTooLongError,
     ModelError,
     ProviderUnavailableError,
+    SessionNotFoundError,
     TidemarkError,
     TurnLimitError,
     WorkspaceError,
 )
-from tidemark.events import EVENT_KEYS, EventLog
-from tidemark.loop import Agent, RunResult
+from tidemark.events import EVENT_KEYS, EventLog, EventSubscriber
+from tidemark.loop import Agent, Outcome, RunResult
 from tidemark.messages import (
     Message,
     TextBlock,
@@ -26,7 +27,7 @@ from tidemark.messages import (
     ToolUseBlock,
     Usage,
 )
-from tidemark.model import Model, ModelRequest, ModelResponse, ToolSpec
+from tidemark.model import Model, ModelRequest, ModelResponse, StopReason, ToolSpec
 from tidemark.providers.anthropic import AnthropicModel
 from tidemark.providers.local import LocalModel
 from tidemark.testing import ScriptedModel
@@ -39,16 +40,20 @@ __all__ = [
     "ConfigError",
     "ContextTooLongError",
     "EventLog",
+    "EventSubscriber",
     "LocalModel",
     "Message",
     "Model",
     "ModelError",
     "ModelRequest",
     "ModelResponse",
+    "Outcome",
     "ProviderUnavailableError",
     "RunResult",
     "ScriptedModel",
+    "SessionNotFoundError",
     "Settings",
+    "StopReason",
     "TextBlock",
     "ThinkingBlock",
     "TidemarkError",

@@ -19,7 +19,7 @@ import structlog
 from pydantic import ValidationError
 
 from tidemark.config import Settings
-from tidemark.errors import ConfigError, TidemarkError, WorkspaceError
+from tidemark.errors import ConfigError, SessionNotFoundError, TidemarkError, WorkspaceError
 from tidemark.loop import Agent, RunResult
 from tidemark.progress import RichProgress, follow, make_progress
 from tidemark.providers import ProviderName, default_provider, make_model
@@ -262,6 +262,21 @@ def _tidemark_error(exc: BaseException) -> TidemarkError | None:
     return None
 
 
+def _report(error: TidemarkError, args: argparse.Namespace) -> int:
+    """One line on stderr: the error, and which command to run next when there is one."""
+    hint = ""
+    if isinstance(error, SessionNotFoundError):
+        hint = (
+            "list them with `tidemark inspect --list`"
+            if getattr(args, "session", None)
+            else "start one with `tidemark run TASK`"
+        )
+    elif error.session_id is not None and error.exit_code == 1:
+        hint = f"continue with `tidemark resume --session {error.session_id}`"
+    print(f"tidemark: error: {error}{'; ' + hint if hint else ''}", file=sys.stderr)
+    return error.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
@@ -271,8 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return inspect_command(args)
         except TidemarkError as exc:
-            print(f"tidemark: error: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return _report(exc, args)
     log_file: TextIO | None = None
     try:
         if args.log_json:
@@ -288,8 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _tidemark_error(exc)
         if error is None:
             raise
-        print(f"tidemark: error: {error}", file=sys.stderr)
-        return error.exit_code
+        return _report(error, args)
     finally:
         if log_file is not None:
             log_file.close()

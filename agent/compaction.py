@@ -214,7 +214,7 @@ async def full_summary(
         tool_choice="none",
     )
     response = await model.generate(request)
-    text = "\n".join(b.text for b in response.content if isinstance(b, TextBlock)).strip()
+    text = response.text.strip()
     if not text or response.stop_reason not in ("end_turn", "stop_sequence"):
         # Never replace the session by an empty or cut-off summary: keep the context.
         raise ModelError(

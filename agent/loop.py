@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import anyio
 
@@ -29,7 +29,10 @@ from tidemark.transcript import SessionPaths, load_transcript
 
 __all__ = ["Agent", "RunResult"]
 
-Outcome = Literal["finished", "turn_limit", "interrupted", "nothing_to_do", "failed"]
+# How a run that returned ended (a run that did not finish raises a TidemarkError).
+Outcome = Literal["finished", "nothing_to_do"]
+# How a session ended, as its `session_finished` event records it.
+Ending = Literal["finished", "turn_limit", "interrupted", "nothing_to_do", "failed"]
 
 INTERRUPTED = "interrupted: the run stopped before this call finished; run it again if needed"
 CUT_OFF = "Your reply was cut off at the output limit. Continue where you stopped."
@@ -122,39 +125,46 @@ class Agent:
         )
 
     async def _drive(self, session: Session) -> RunResult:
-        outcome: Outcome = "interrupted"
-        failure: TidemarkError | None = None
+        ending: Ending = "interrupted"
+        failure: BaseException | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                session.bind(tg)
-                try:
-                    outcome = await self._turns(session)
-                except TidemarkError as exc:  # raised below, outside the task group
-                    outcome, failure = "failed", exc
-                finally:
-                    tg.cancel_scope.cancel()  # in-flight memory updates end with the run
+            try:
+                async with anyio.create_task_group() as tg:
+                    session.bind(tg)
+                    try:
+                        ending = await self._turns(session)
+                    except TidemarkError as exc:  # raised below, outside the task group
+                        ending, failure = "failed", exc
+                    finally:
+                        tg.cancel_scope.cancel()  # in-flight memory updates end with the run
+            except BaseExceptionGroup as group:
+                # A background update failed: the caller gets that error, not a group.
+                failure = _one_error(group)
+                ending = "failed" if isinstance(failure, Exception) else ending
         finally:
             # Synchronous, so a cancellation cannot cut it short: the transcript ends valid.
             _answer_pending(session)
-            code = (
-                failure.exit_code if failure else {"finished": 0, "turn_limit": 1}.get(outcome, 130)
-            )
             session.events.emit(
-                "session_finished", outcome=outcome, turns=session.turns, exit_code=code
+                "session_finished",
+                outcome=ending,
+                turns=session.turns,
+                exit_code=_exit_code(ending, failure),
             )
             session.close()
+        session_id = session.paths.session_id
+        if isinstance(failure, TidemarkError):
+            failure.session_id = session_id
         if failure is not None:
             raise failure
-        turns = session.turns
-        final = session.context[-1].text if session.context else ""
-        if outcome == "turn_limit":
+        if ending == "turn_limit":
             raise TurnLimitError(
-                f"the agent hit the turn cap ({self.settings.max_turns} turns) before finishing; "
-                f"continue with `tidemark resume --session {session.paths.session_id}`"
+                f"the agent hit the turn cap ({self.settings.max_turns} turns) before finishing",
+                session_id=session_id,
             )
-        return RunResult(session.paths.session_id, outcome, turns, final, session.paths)
+        final = session.context[-1].text if session.context else ""
+        return RunResult(session_id, "finished", session.turns, final, session.paths)
 
-    async def _turns(self, session: Session) -> Outcome:
+    async def _turns(self, session: Session) -> Ending:
         ctx = ToolContext(
             workspace=self.workspace,
             default_timeout=self.settings.tool_timeout,
@@ -227,6 +237,33 @@ class Agent:
             else:
                 return "finished"
         return "turn_limit"
+
+
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a group stands for: a TidemarkError first, else the first other error."""
+    leaves: list[BaseException] = []
+
+    def flatten(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in cast("BaseExceptionGroup[BaseException]", exc).exceptions:
+                flatten(inner)
+        else:
+            leaves.append(exc)
+
+    flatten(group)
+    for kind in (TidemarkError, Exception):
+        found = next((e for e in leaves if isinstance(e, kind)), None)
+        if found is not None:
+            return found
+    return group  # only cancellations or interrupts: they keep their group semantics
+
+
+def _exit_code(ending: Ending, failure: BaseException | None) -> int:
+    if isinstance(failure, TidemarkError):
+        return failure.exit_code
+    if ending == "failed":
+        return 1  # a bug: its traceback follows
+    return {"finished": 0, "turn_limit": 1, "nothing_to_do": 0}.get(ending, 130)
 
 
 def _answer_pending(session: Session) -> None:

@@ -19,8 +19,8 @@ from tidemark.storage import atomic_write_text
 __all__ = [
     "SECTIONS",
     "MemoryDocument",
-    "MemoryError",
     "MemoryStore",
+    "MemoryUpdateError",
     "RuntimeRecord",
     "merge_update",
     "render_template",
@@ -47,7 +47,7 @@ _HEADING_RE = re.compile(r"# (.+?)\s*")
 _FENCE_RE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n\s*```\s*$", re.S)
 
 
-class MemoryError(Exception):
+class MemoryUpdateError(Exception):
     """An update was rejected; the previous memory stays."""
 
 
@@ -188,7 +188,7 @@ def merge_update(current: MemoryDocument, reply: str) -> dict[str, str]:
         return dict(current.sections)
     parsed = parse_sections(reply)
     if not parsed:
-        raise MemoryError("the update contains none of the memory's headings")
+        raise MemoryUpdateError("the update contains none of the memory's headings")
     merged = dict(current.sections)
     for heading, body in parsed.items():
         merged[heading] = _drop_kept(body)
@@ -202,26 +202,26 @@ def validate_document(
     max_tokens: int,
     section_tokens: int,
 ) -> None:
-    """Raise MemoryError unless every heading is there, it is not empty, and within limits.
+    """Raise MemoryUpdateError unless every heading is there, it is not empty, and within limits.
 
     Sections may run over their soft limit by half before the update is refused; the total
     limit is hard.
     """
     missing = [h for h in HEADINGS if h not in sections]
     if missing:
-        raise MemoryError(f"the update drops headings: {', '.join(missing)}")
+        raise MemoryUpdateError(f"the update drops headings: {', '.join(missing)}")
     if not any(b.strip() for b in sections.values()):
-        raise MemoryError("the update is empty")
+        raise MemoryUpdateError("the update is empty")
     total = 0
     for heading in HEADINGS:
         size = estimate(sections[heading])
         total += size
         if size > section_tokens * 3 // 2:
-            raise MemoryError(
+            raise MemoryUpdateError(
                 f"section {heading!r} is {size} tokens, over the limit of {section_tokens}"
             )
     if total > max_tokens:
-        raise MemoryError(f"the memory is {total} tokens, over the limit of {max_tokens}")
+        raise MemoryUpdateError(f"the memory is {total} tokens, over the limit of {max_tokens}")
 
 
 class MemoryStore:

@@ -12,6 +12,7 @@ __all__ = [
     "ContentBlock",
     "Message",
     "Origin",
+    "StopReason",
     "TextBlock",
     "ThinkingBlock",
     "ToolResultBlock",
@@ -19,6 +20,17 @@ __all__ = [
     "Usage",
     "new_message_id",
     "utc_now",
+]
+
+# Why the model stopped, as the Messages API says it (the local provider uses the same).
+StopReason = Literal[
+    "end_turn",
+    "max_tokens",
+    "stop_sequence",
+    "tool_use",
+    "pause_turn",
+    "refusal",
+    "model_context_window_exceeded",
 ]
 
 
@@ -107,7 +119,7 @@ class Message(BaseModel):
     created_at: str = Field(default_factory=utc_now)
     # Set on assistant messages: the usage of the response that produced them.
     usage: Usage | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
 
     @classmethod
     def user_text(cls, text: str, origin: Origin = "user") -> Message:

@@ -8,9 +8,17 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidemark.messages import ContentBlock, Message, Usage
+from tidemark.messages import ContentBlock, Message, StopReason, TextBlock, Usage
 
-__all__ = ["Model", "ModelRequest", "ModelResponse", "Purpose", "TextSink", "ToolSpec"]
+__all__ = [
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "Purpose",
+    "StopReason",
+    "TextSink",
+    "ToolSpec",
+]
 
 # Sent as the `X-Tidemark-Purpose` header on every request.
 Purpose = Literal["turn", "session-memory", "compact"]
@@ -50,9 +58,14 @@ class ModelResponse(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     content: list[ContentBlock]
-    stop_reason: str | None
+    stop_reason: StopReason | None
     usage: Usage
     model: str = ""
+
+    @property
+    def text(self) -> str:
+        """The reply's text blocks, one per line (empty when it only calls tools)."""
+        return "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
 
 
 class Model(Protocol):

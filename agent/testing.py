@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tidemark.messages import ContentBlock, TextBlock, ToolUseBlock, Usage
+from tidemark.messages import ContentBlock, StopReason, TextBlock, ToolUseBlock, Usage
 from tidemark.model import ModelRequest, ModelResponse, TextSink
 from tidemark.tokens import chars_estimate, message_text
 
@@ -97,6 +97,6 @@ class ScriptedModel:
         pass
 
 
-def _response(blocks: list[ContentBlock], stop_reason: str) -> ModelResponse:
+def _response(blocks: list[ContentBlock], stop_reason: StopReason) -> ModelResponse:
     output = sum(chars_estimate(b.model_dump_json()) for b in blocks)
     return ModelResponse(content=blocks, stop_reason=stop_reason, usage=Usage(output_tokens=output))

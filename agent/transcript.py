@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tidemark.errors import WorkspaceError
+from tidemark.errors import SessionNotFoundError
 from tidemark.messages import Message, ToolResultBlock
 from tidemark.storage import JsonlAppender, read_jsonl
 
@@ -72,15 +72,12 @@ class SessionPaths:
         sessions = list_sessions(workspace)
         if session_id is None:
             if not sessions:
-                raise WorkspaceError(
-                    f"no tidemark session in {workspace}: start one with `tidemark run TASK`"
-                )
+                raise SessionNotFoundError(f"no tidemark session in {workspace}")
             return sessions[-1]
         if not _ID_RE.match(session_id) or not (cls(workspace, session_id).root.is_dir()):
             known = ", ".join(s.session_id for s in sessions[-3:]) or "none"
-            raise WorkspaceError(
-                f"unknown session {session_id!r} in {workspace} (latest: {known}); "
-                "list them with `tidemark inspect --list`"
+            raise SessionNotFoundError(
+                f"unknown session {session_id!r} in {workspace} (latest: {known})"
             )
         return cls(workspace, session_id)
 

@@ -20,14 +20,14 @@ from tidemark.errors import ModelError
 from tidemark.events import EventLog
 from tidemark.memory import (
     MemoryDocument,
-    MemoryError,
     MemoryStore,
+    MemoryUpdateError,
     RuntimeRecord,
     describe_rules,
     merge_update,
     validate_document,
 )
-from tidemark.messages import Message, TextBlock
+from tidemark.messages import Message
 from tidemark.model import Model, ModelRequest, ToolSpec
 from tidemark.tokens import TokenCounter
 
@@ -155,7 +155,7 @@ class MemoryUpdater:
         try:
             try:
                 document = await self._ask(snapshot, update)
-            except (MemoryError, ModelError) as exc:
+            except (MemoryUpdateError, ModelError) as exc:
                 self.events.emit(
                     "memory_update_failed", update=update, error=str(exc), **self._usage
                 )
@@ -210,11 +210,11 @@ class MemoryUpdater:
             "cache_read_input_tokens": u.cache_read_input_tokens,
             "cache_creation_input_tokens": u.cache_creation_input_tokens,
         }
-        reply = "\n".join(b.text for b in response.content if isinstance(b, TextBlock))
+        reply = response.text
         if response.stop_reason == "max_tokens":
-            raise MemoryError("the update was cut off at the output limit")
+            raise MemoryUpdateError("the update was cut off at the output limit")
         if not reply.strip():
-            raise MemoryError("the update is empty")
+            raise MemoryUpdateError("the update is empty")
         sections = merge_update(self.document, reply)
         validate_document(
             sections,

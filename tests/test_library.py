@@ -9,12 +9,23 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, Script, text, tool_calls
-from tidemark import Agent, ScriptedModel, Settings
+from tidemark import (
+    Agent,
+    ModelRequest,
+    ModelResponse,
+    ProviderUnavailableError,
+    ScriptedModel,
+    SessionNotFoundError,
+    Settings,
+    StopReason,
+    TurnLimitError,
+)
+from tidemark.loop import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 # The modules that face a person: they may print and import the terminal UI.
@@ -114,3 +125,114 @@ def test_a_library_run_never_loads_the_terminal_ui() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n" and done.stderr == ""
+
+
+# -- errors and types ------------------------------------------------------------------------
+
+
+def _memory_fails(error: Exception) -> ScriptedModel:
+    def memory(_request: ModelRequest) -> ModelResponse:
+        raise error
+
+    steps = [ScriptedModel.call("read_file", path="a.txt") for _ in range(6)]
+    return ScriptedModel([*steps, ScriptedModel.reply("done")], memory=memory)
+
+
+def _small_memory_settings(workspace: Path) -> Settings:
+    return Settings(workspace=workspace, memory_init_tokens=200, memory_update_tokens=100)
+
+
+@pytest.mark.anyio
+async def test_a_failure_in_a_background_update_reaches_the_caller_as_a_tidemark_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.txt").write_text("x\n" * 500)
+    model = _memory_fails(ProviderUnavailableError("the model was unloaded"))
+    with pytest.raises(ProviderUnavailableError, match="unloaded") as caught:
+        await Agent(model, settings=_small_memory_settings(tmp_path)).run("read a.txt")
+    assert caught.value.session_id is not None
+    events = [json.loads(line) for line in _events_file(tmp_path).read_text().splitlines()]
+    assert events[-1]["event"] == "session_finished"
+    assert events[-1]["outcome"] == "failed" and events[-1]["exit_code"] == 2
+
+
+@pytest.mark.anyio
+async def test_a_bug_in_a_background_update_raises_itself_not_an_exception_group(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.txt").write_text("x\n" * 500)
+    model = _memory_fails(RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        await Agent(model, settings=_small_memory_settings(tmp_path)).run("read a.txt")
+
+
+@pytest.mark.anyio
+async def test_the_turn_cap_error_names_the_session_and_no_command(tmp_path: Path) -> None:
+    model = ScriptedModel([ScriptedModel.call("list_files") for _ in range(5)])
+    settings = Settings(workspace=tmp_path, max_turns=2)
+    with pytest.raises(TurnLimitError) as caught:
+        await Agent(model, settings=settings).run("loop")
+    (folder,) = (tmp_path / ".tidemark" / "sessions").iterdir()
+    assert caught.value.session_id == folder.name
+    assert "tidemark" not in str(caught.value) and "2 turns" in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_resuming_an_unknown_session_is_a_session_not_found_error(tmp_path: Path) -> None:
+    with pytest.raises(SessionNotFoundError, match="unknown session 'nope'") as caught:
+        await Agent(ScriptedModel(), settings=Settings(workspace=tmp_path)).resume("nope")
+    assert "tidemark" not in str(caught.value)
+
+
+@pytest.mark.anyio
+async def test_a_finished_run_says_how_it_ended_with_a_returned_outcome(tmp_path: Path) -> None:
+    result = await Agent(ScriptedModel(), settings=Settings(workspace=tmp_path)).run("hi")
+    assert result.outcome in get_args(Outcome) and result.outcome == "finished"
+    assert set(get_args(Outcome)) == {"finished", "nothing_to_do"}
+
+
+def test_a_response_gives_its_text_and_a_typed_stop_reason() -> None:
+    response = ScriptedModel.reply("all done")
+    assert response.text == "all done" and response.stop_reason == "end_turn"
+    assert ScriptedModel.call("list_files").text == ""
+    assert "end_turn" in get_args(StopReason) and "tool_use" in get_args(StopReason)
+
+
+def test_an_event_with_a_wrong_key_is_a_type_error(tmp_path: Path) -> None:
+    (tmp_path / "wrong.py").write_text(
+        "from tidemark.events import EventLog\n"
+        "log = EventLog('s', None)\n"
+        "log.emit('tool_call', tool='x', tool_use_id='t', duration_ms=1.0, is_eror=False)\n"
+    )
+    (tmp_path / "right.py").write_text(
+        "from tidemark.events import EventLog\n"
+        "log = EventLog('s', None)\n"
+        "log.emit('tool_call', tool='x', tool_use_id='t', duration_ms=1.0, is_error=False,"
+        " output_chars=3)\n"
+    )
+    # pyright resolves `tidemark` through the repository's source links, not the install.
+    config = {"extraPaths": [str(ROOT)], "typeCheckingMode": "strict"}
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps(config))
+    pyright = Path(sys.executable).parent / "pyright"
+    wrong = subprocess.run(
+        [str(pyright), "--pythonpath", sys.executable, "wrong.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert wrong.returncode == 1, wrong.stdout
+    assert 'wrong.py:3:1 - error: No overloads for "emit"' in wrong.stdout
+    right = subprocess.run(
+        [str(pyright), "--pythonpath", sys.executable, "right.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert right.returncode == 0, right.stdout
+
+
+def _events_file(workspace: Path) -> Path:
+    (folder,) = (workspace / ".tidemark" / "sessions").iterdir()
+    return folder / "events.jsonl"

@@ -9,8 +9,8 @@ import pytest
 from tidemark.memory import (
     HEADINGS,
     MemoryDocument,
-    MemoryError,
     MemoryStore,
+    MemoryUpdateError,
     RuntimeRecord,
     merge_update,
     parse_sections,
@@ -55,18 +55,18 @@ def test_the_whole_document_in_a_code_fence_is_accepted() -> None:
     ],
 )
 def test_a_bad_update_is_rejected_with_a_reason(reply: str, reason: str) -> None:
-    with pytest.raises(MemoryError, match=reason):
+    with pytest.raises(MemoryUpdateError, match=reason):
         _check(merge_update(MemoryDocument.empty(), reply))
 
 
 def test_an_update_that_leaves_every_section_empty_is_rejected() -> None:
-    with pytest.raises(MemoryError, match="empty"):
+    with pytest.raises(MemoryUpdateError, match="empty"):
         _check(merge_update(MemoryDocument.empty(), "# Current State\n\n"))
 
 
 def test_a_document_missing_a_heading_is_rejected() -> None:
     sections = {h: "x" for h in HEADINGS[:-1]}
-    with pytest.raises(MemoryError, match="drops headings: Worklog"):
+    with pytest.raises(MemoryUpdateError, match="drops headings: Worklog"):
         _check(sections)
 
 
