@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from tidemark.boundaries import kept_tail_start, latest_results_index, tombstone_tool_results
 from tidemark.errors import ModelError
-from tidemark.messages import Message, TextBlock
+from tidemark.messages import Message, TextBlock, Usage
 from tidemark.model import Model, ModelRequest, ToolSpec
 from tidemark.tokens import TokenCounter
 
@@ -61,6 +61,7 @@ class CompactionResult:
     messages_kept: int
     boundary_message_id: str | None
     tool_results_cleared: int
+    usage: Usage | None = None  # of the blocking summary's request; None when none was made
 
 
 def summary_message(summary: str, user_messages: Sequence[Message], *, source: str) -> Message:
@@ -238,4 +239,5 @@ async def full_summary(
         messages_kept=len(tail),
         boundary_message_id=None,
         tool_results_cleared=0,
+        usage=response.usage,
     )

@@ -188,6 +188,11 @@ class Summary:
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    # Parts of the totals above spent on memory updates and on blocking summaries.
+    memory_input_tokens: int = 0
+    memory_output_tokens: int = 0
+    summary_input_tokens: int = 0
+    summary_output_tokens: int = 0
     estimated_cost_usd: float | None = None
     cost_note: str = ""
     longest_stall_ms: float = 0.0
@@ -207,15 +212,45 @@ def _int(value: Any) -> int:
     return int(_num(value))
 
 
+# Events that carry the usage of a request the session paid for, by what the request was.
+_BILLED: dict[str, str] = {
+    "turn_finished": "turn",
+    "memory_update_committed": "memory",
+    "memory_update_failed": "memory",
+    "compaction": "summary",  # only a blocking summary made a request (and has usage)
+    "compaction_failed": "summary",
+}
+_LOCAL_PROVIDER = "LocalModel"
+
+
+def _add_usage(s: Summary, e: Event, kind: str) -> None:
+    """Add one request's usage (`input_tokens` includes the cached parts) to the totals."""
+    input_tokens, output_tokens = _int(e.get("input_tokens")), _int(e.get("output_tokens"))
+    s.input_tokens += input_tokens
+    s.output_tokens += output_tokens
+    s.cache_read_input_tokens += _int(e.get("cache_read_input_tokens"))
+    s.cache_creation_input_tokens += _int(e.get("cache_creation_input_tokens"))
+    if kind == "memory":
+        s.memory_input_tokens += input_tokens
+        s.memory_output_tokens += output_tokens
+    elif kind == "summary":
+        s.summary_input_tokens += input_tokens
+        s.summary_output_tokens += output_tokens
+
+
 def summarize(session_id: str, events: Sequence[Event], damaged_lines: int = 0) -> Summary:
     """Totals over a session's events (all runs of it, resumes included)."""
     s = Summary(session_id=session_id, damaged_lines=damaged_lines)
     stops: Counter[str] = Counter()
     strategies: Counter[str] = Counter()
+    local = False
     for e in events:
         name = e.get("event")
+        if isinstance(name, str) and name in _BILLED:
+            _add_usage(s, e, _BILLED[name])
         if name == "session_started":
             s.model = str(e.get("model") or s.model)
+            local = e.get("provider") == _LOCAL_PROVIDER or s.model.startswith("local/")
             s.task = s.task or str(e.get("task") or "")
             s.outcome = "unfinished"
         elif name == "session_finished":
@@ -223,10 +258,6 @@ def summarize(session_id: str, events: Sequence[Event], damaged_lines: int = 0) 
         elif name == "turn_finished":
             s.turns += 1
             stops[str(e.get("stop_reason"))] += 1
-            s.input_tokens += _int(e.get("input_tokens"))
-            s.output_tokens += _int(e.get("output_tokens"))
-            s.cache_read_input_tokens += _int(e.get("cache_read_input_tokens"))
-            s.cache_creation_input_tokens += _int(e.get("cache_creation_input_tokens"))
             s.longest_turn_ms = max(s.longest_turn_ms, _num(e.get("duration_ms")))
         elif name == "tool_call":
             s.tool_calls += 1
@@ -261,12 +292,14 @@ def summarize(session_id: str, events: Sequence[Event], damaged_lines: int = 0) 
         cache_write=s.cache_creation_input_tokens,
     )
     s.estimated_cost_usd = None if cost is None else round(cost, 6)
-    if price_for(s.model) is None:
+    if local:
+        s.estimated_cost_usd = 0.0
+        s.cost_note = "the embedded local model runs on this machine: no API cost"
+    elif price_for(s.model) is None:
         s.cost_note = f"cost: unknown model {s.model or '(none recorded)'}"
     else:
         s.cost_note = (
-            f"{s.model} list prices of {PRICES_AS_OF}; the agent's turns only, "
-            "memory update requests are not in the event log"
+            f"{s.model} list prices of {PRICES_AS_OF}; turns, memory updates and summaries included"
         )
     return s
 
@@ -490,6 +523,11 @@ def _summary_table(console: Console, s: Summary) -> None:
         "tokens",
         f"input {s.input_tokens:,} (cache read {s.cache_read_input_tokens:,}, cache write "
         f"{s.cache_creation_input_tokens:,}) · output {s.output_tokens:,}",
+    )
+    table.add_row(
+        "  of which",
+        f"memory updates: input {s.memory_input_tokens:,} · output {s.memory_output_tokens:,}; "
+        f"summaries: input {s.summary_input_tokens:,} · output {s.summary_output_tokens:,}",
     )
     if s.estimated_cost_usd is None:
         table.add_row("estimated cost", s.cost_note)

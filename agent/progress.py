@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tidemark.events import EventSubscriber
-from tidemark.tools.approval import describe_input
+from tidemark.tools.approval import describe_input, read_answer
 
 __all__ = [
     "NullProgress",
@@ -125,7 +125,7 @@ class RichProgress:
         self._spinner = Spinner("dots", style="cyan")
         self._live: Live | None = None
         self._paused = False
-        # `ask` runs in a worker thread while the event loop may still report steps.
+        # rich's refresh thread draws while the event loop reports steps.
         self._lock = threading.RLock()
 
     # -- what the runtime reports --------------------------------------------------------
@@ -157,13 +157,13 @@ class RichProgress:
                 self._live.stop()
                 self._live = None
 
-    def ask(self, prompt: str) -> str:
+    async def ask(self, prompt: str) -> str:
         """Ask a question on the terminal with the status line out of the way."""
         with self._lock:
             self._paused = True
             self.close()
         try:
-            return input(prompt)
+            return await read_answer(prompt)
         finally:
             with self._lock:
                 self._paused = False

@@ -302,6 +302,7 @@ class Session:
             tool_results_cleared=result.tool_results_cleared,
             memory_lag_tokens=self.memory_lag_tokens(),
             threshold=self.settings.compaction_threshold,
+            **_usage_keys(result.usage),
         )
         return result
 
@@ -352,3 +353,15 @@ class Session:
     def close(self) -> None:
         self._writer.close()
         self.events.close()
+
+
+def _usage_keys(usage: Usage | None) -> dict[str, int]:
+    """A request's usage as event keys (``input_tokens`` includes the cached parts)."""
+    if usage is None:
+        return {}
+    return {
+        "input_tokens": usage.total_input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+    }

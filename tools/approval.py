@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
 
 import anyio
 import anyio.to_thread
@@ -17,6 +19,7 @@ __all__ = [
     "DenyApprover",
     "TerminalApprover",
     "default_approver",
+    "read_answer",
 ]
 
 DENIED_NO_TERMINAL = "permission denied: rerun with --yes"
@@ -46,21 +49,60 @@ class DenyApprover:
         return self.message
 
 
-class TerminalApprover:
-    """Ask on the terminal: ``Allow write_file path='a.py' content='...'? [y/N]``."""
+Ask = Callable[[str], str] | Callable[[str], Awaitable[str]]
 
-    def __init__(self, ask: Callable[[str], str] = input) -> None:
-        self._ask = ask
+
+class TerminalApprover:
+    """Ask on the terminal: ``Allow write_file path='a.py' content='...'? [y/N]``.
+
+    ``ask`` shows the prompt and returns the answer (EOFError: no answer). An async ``ask``
+    (the default, ``read_answer``) stops waiting as soon as the run is cancelled (Ctrl-C);
+    a plain function runs in a worker thread that is abandoned on cancellation.
+    """
+
+    def __init__(self, ask: Ask | None = None) -> None:
+        self._ask: Ask = ask if ask is not None else read_answer
         self._lock = anyio.Lock()
 
     async def approve(self, call: ToolCall, tool: Tool) -> str | None:
         prompt = f"Allow {call.name} {describe_input(call.input)}? [y/N] "
         async with self._lock:  # one question on the terminal at a time
             try:
-                answer = await anyio.to_thread.run_sync(self._ask, prompt)
+                answer = await self._answer(prompt)
             except EOFError:
                 return DENIED_BY_USER
         return None if answer.strip().lower() in ("y", "yes") else DENIED_BY_USER
+
+    async def _answer(self, prompt: str) -> str:
+        if inspect.iscoroutinefunction(self._ask):
+            return await cast(Callable[[str], Awaitable[str]], self._ask)(prompt)
+        ask = cast(Callable[[str], str], self._ask)
+        return await anyio.to_thread.run_sync(ask, prompt, abandon_on_cancel=True)
+
+
+async def read_answer(prompt: str) -> str:
+    """Print ``prompt`` and read one line from stdin; EOFError when input has ended.
+
+    The wait happens in the event loop, not in a thread blocked in ``input()``, so a
+    cancellation (Ctrl-C) ends it at once. On a terminal in its usual line mode one read
+    returns the whole line once the user presses Enter.
+    """
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    fd = sys.stdin.fileno()
+    line = bytearray()
+    while b"\n" not in line:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:  # someone else took the input first
+            continue
+        if not chunk:
+            if line:
+                break
+            raise EOFError
+        line += chunk
+    return line.split(b"\n", 1)[0].decode("utf-8", "replace")
 
 
 def describe_input(input: dict[str, object], width: int = 80) -> str:
