@@ -19,7 +19,7 @@ import structlog
 from pydantic import ValidationError
 
 from tidemark.config import Settings
-from tidemark.errors import ConfigError, TidemarkError, WorkspaceError
+from tidemark.errors import ConfigError, ModelError, TidemarkError, WorkspaceError
 from tidemark.loop import Agent, RunResult
 from tidemark.progress import RichProgress, follow, make_progress
 from tidemark.providers import ProviderName, default_provider, make_model
@@ -288,7 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _tidemark_error(exc)
         if error is None:
             raise
-        print(f"tidemark: error: {error}", file=sys.stderr)
+        # A model error ends a run whose transcript is saved and valid: say how to go on.
+        hint = "; the session is saved: continue with `tidemark resume`"
+        print(
+            f"tidemark: error: {error}{hint if isinstance(error, ModelError) else ''}",
+            file=sys.stderr,
+        )
         return error.exit_code
     finally:
         if log_file is not None:
