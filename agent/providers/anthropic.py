@@ -253,27 +253,23 @@ class AnthropicModel:
     async def _follow(self, stream: Any, on_text: TextSink | None) -> None:
         """Read the stream to its `message_stop`, passing text on; a stall or an early end
         raises `_MidStreamError`."""
-        events = aiter(stream)
         stopped = False
-        while True:
-            event: Any = None
-            with anyio.move_on_after(self._stall_timeout) as idle:
-                event = await anext(events, None)
-            if idle.cancelled_caught:
-                stalled = f"no event for {self._stall_timeout:g} s"
-                raise _MidStreamError(f"the stream stalled ({stalled})")
-            if event is None:
-                break
-            if event.type == "message_stop":
-                stopped = True
-            elif (
-                on_text is not None
-                and event.type == "content_block_delta"
-                and event.delta.type == "text_delta"
-            ):
-                result = on_text(event.delta.text)
-                if inspect.isawaitable(result):
-                    await result
+        # One scope for the whole stream, its deadline pushed back at every event.
+        with anyio.CancelScope(deadline=anyio.current_time() + self._stall_timeout) as idle:
+            async for event in stream:
+                idle.deadline = anyio.current_time() + self._stall_timeout
+                if event.type == "message_stop":
+                    stopped = True
+                elif (
+                    on_text is not None
+                    and event.type == "content_block_delta"
+                    and event.delta.type == "text_delta"
+                ):
+                    result = on_text(event.delta.text)
+                    if inspect.isawaitable(result):
+                        await result
+        if idle.cancelled_caught:
+            raise _MidStreamError(f"the stream stalled (no event for {self._stall_timeout:g} s)")
         if not stopped:
             raise _MidStreamError("the stream ended before `message_stop`")
 
