@@ -1,7 +1,7 @@
 """`tidemark run / resume / inspect`: flags, logging set-up, exit codes.
 
 Exit codes: 0 finished, 1 the agent failed (model/API error, turn cap), 2 bad usage or
-input (one line on stderr), 130 interrupted.
+input (one line on stderr), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -216,14 +216,13 @@ async def _run(args: argparse.Namespace) -> RunResult:
 
 async def _main_async(args: argparse.Namespace) -> int:
     result: RunResult | None = None
-    interrupted = False
+    stopped_by: list[int] = []  # the signal that stopped the run
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
-            nonlocal interrupted
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    interrupted = True
+                async for signum in signals:
+                    stopped_by.append(signum)
                     tg.cancel_scope.cancel()
                     return
 
@@ -232,9 +231,10 @@ async def _main_async(args: argparse.Namespace) -> int:
             result = await _run(args)
         finally:
             tg.cancel_scope.cancel()
-    if interrupted or result is None:
+    if stopped_by or result is None:
         print("tidemark: interrupted; continue with `tidemark resume`", file=sys.stderr)
-        return 130
+        # The shell's convention: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
+        return 143 if stopped_by == [signal.SIGTERM] else 130
     if result.outcome == "nothing_to_do":
         print(
             f"tidemark: session {result.session_id} already finished; give a TASK to go on",

@@ -434,6 +434,8 @@ def _row(event: Event, start: datetime | None) -> _Row:
             return _Row(at, "summary boundary", details, "green")
         case "compaction":
             return _Row(at, f"COMPACTION {e.get('strategy')}", _compaction(e), "bold yellow")
+        case "compaction_failed":
+            return _Row(at, f"COMPACTION {e.get('strategy')} FAILED", str(e.get("error")), "red")
         case other:
             rest = {k: v for k, v in e.items() if k not in ("event", "timestamp", "session_id")}
             details = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in rest.items())

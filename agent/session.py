@@ -180,10 +180,13 @@ class Session:
         if self.updater.running or self._tg is None:
             return
         last = next((m for m in reversed(self.context) if m.role == "assistant"), None)
-        if self.policy.due(
-            context_tokens=self.context_tokens(),
-            transcript_tokens=self.transcript_tokens,
-            paused=last is not None and not last.tool_uses,
+        if (
+            self.policy.due(
+                context_tokens=self.context_tokens(),
+                transcript_tokens=self.transcript_tokens,
+                paused=last is not None and not last.tool_uses,
+            )
+            and self.updater.may_start()
         ):
             self._start_update()
 
@@ -220,7 +223,9 @@ class Session:
 
     async def _run_update(self, update: int, snapshot: Snapshot) -> None:
         await self.updater.run(update, snapshot)
-        if self.policy.behind(self.transcript_tokens) and not self.updater.running:
+        # Keep up, unless updates are failing (the backoff decides when to try again).
+        hold = self.updater.failures > 0 or self.updater.running
+        if self.policy.behind(self.transcript_tokens) and not hold:
             self._start_update()  # the session outran the memory: keep up
 
     def _committed(self, document: MemoryDocument, snapshot: Snapshot) -> None:

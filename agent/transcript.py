@@ -5,13 +5,16 @@ transcript.jsonl holds two kinds of records, one per line:
     {"type": "context", "summary": {...} | null,        after each compaction: what the
      "message_ids": [...], "tombstones": {id: text}}    context became
 Resume replays them: all messages form the transcript; the context is the last `context`
-record (summary + listed messages, tombstones applied) plus every message after it.
+record (summary + listed messages, tombstones applied) plus every message after it. A record
+that is JSON but not a valid record (a damaged disk, a hand edit) is skipped with a warning,
+and the context is repaired around the gap so that no request built from it is invalid.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tidemark.errors import SessionNotFoundError
-from tidemark.messages import Message, ToolResultBlock
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.storage import JsonlAppender, read_jsonl
 
 __all__ = [
@@ -29,7 +32,11 @@ __all__ = [
     "TranscriptWriter",
     "list_sessions",
     "load_transcript",
+    "repair_tool_pairing",
 ]
+
+LOST_RESULT = "lost: the record of this call's result was damaged; run it again if needed"
+LOST_CALLS = "(the tool calls of this turn were lost with a damaged transcript record)"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -125,7 +132,7 @@ def load_transcript(path: Path) -> TranscriptState:
     """Rebuild transcript and context; damaged lines are skipped with a warning."""
     state = TranscriptState()
     by_id: dict[str, Message] = {}
-    for record in read_jsonl(path):
+    for number, record in enumerate(read_jsonl(path), 1):
         try:
             if record.get("type") == "message":
                 message = Message.model_validate(record["message"])
@@ -144,9 +151,64 @@ def load_transcript(path: Path) -> TranscriptState:
                         context.append(_apply_tombstones(by_id[message_id], tombstones))
                 state.context = context
                 state.compactions += 1
-        except (ValidationError, KeyError, TypeError):
+        except (ValidationError, KeyError, TypeError, AttributeError) as exc:
+            what = record.get("type") if isinstance(record.get("type"), str) else "unknown"
+            warnings.warn(
+                f"{path.name}: skipped invalid {what} record {number} "
+                f"({_first_error(exc)}); the session is repaired around it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             continue
+    state.context = repair_tool_pairing(state.context)
     return state
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return f"{type(exc).__name__}: {exc}"
+
+
+def repair_tool_pairing(context: Sequence[Message]) -> list[Message]:
+    """The context with every `tool_use` answered in the next message and no orphan result.
+
+    Pure. A context rebuilt from an intact transcript comes back unchanged. Where a record
+    was lost: a result whose call is gone is dropped (and its message, if nothing is left);
+    a call whose results are gone is answered with an error result when a user message
+    follows, or removed from its assistant message when the next message is the model's.
+    Calls still pending at the end are left for resume to answer.
+    """
+    repaired: list[Message] = []
+    pending: list[ToolUseBlock] = []
+    for message in context:
+        if message.role == "assistant":
+            if pending:  # the results of the previous call were lost and the model went on
+                repaired[-1] = _without_calls(repaired[-1])
+            pending = list(message.tool_uses)
+            repaired.append(message)
+            continue
+        ids = [use.id for use in pending]
+        results = {r.tool_use_id: r for r in message.tool_results if r.tool_use_id in ids}
+        answered = [
+            results.get(i) or ToolResultBlock(tool_use_id=i, content=LOST_RESULT, is_error=True)
+            for i in ids
+        ]
+        rest = [b for b in message.content if not isinstance(b, ToolResultBlock)]
+        content = [*answered, *rest]
+        pending = []
+        if content == message.content:
+            repaired.append(message)
+        elif content:
+            repaired.append(message.model_copy(update={"content": content}))
+    return repaired
+
+
+def _without_calls(message: Message) -> Message:
+    content = [b for b in message.content if not isinstance(b, ToolUseBlock)]
+    return message.model_copy(update={"content": content or [TextBlock(text=LOST_CALLS)]})
 
 
 def _apply_tombstones(message: Message, tombstones: dict[str, str]) -> Message:

@@ -123,6 +123,8 @@ class MemoryUpdater:
         self.updates = self.document.update
         self.running = False
         self._usage: dict[str, int] = {}  # of the latest update's response, for its event
+        self.failures = 0  # updates that failed in a row
+        self._skip = 0  # due updates still to let pass before the next try (the backoff)
         self._idle = anyio.Event()
         self._idle.set()
 
@@ -134,6 +136,18 @@ class MemoryUpdater:
         with anyio.move_on_after(timeout_s):
             await self._idle.wait()
         return (anyio.current_time() - started) * 1000
+
+    def may_start(self) -> bool:
+        """False while backing off after failed updates; each call is one due update let pass.
+
+        A failure that repeats (a full disk, a broken provider) would otherwise cost a
+        request every turn: after n failures in a row, 2**(n-1) - 1 due updates are skipped
+        (at most 16) before the next try.
+        """
+        if self._skip > 0:
+            self._skip -= 1
+            return False
+        return True
 
     def begin(self) -> int:
         """Mark an update as running (synchronously, so no second one starts)."""
@@ -152,25 +166,26 @@ class MemoryUpdater:
             context_tokens=snapshot.context_tokens,
             lag_tokens=snapshot.lag_tokens,
         )
+        text = ""
         try:
             try:
                 document = await self._ask(snapshot, update)
-            except (MemoryUpdateError, ModelError) as exc:
-                self.events.emit(
-                    "memory_update_failed", update=update, error=str(exc), **self._usage
-                )
-                return
+                # Shielded: a cancellation cannot split the commit. The file (written in a
+                # worker thread, fsync included, so the event loop never blocks on the disk),
+                # the document in memory and the boundary event change together.
+                with anyio.CancelScope(shield=True):
+                    text = await anyio.to_thread.run_sync(self.store.save, document, self.record)
             except anyio.get_cancelled_exc_class():
                 self.events.emit(
                     "memory_update_failed", update=update, error="cancelled: session ended"
                 )
                 raise
-            text = ""
-            # Shielded: a cancellation cannot split the commit. The file (written in a
-            # worker thread, fsync included, so the event loop never blocks on the disk),
-            # the document in memory and the boundary event change together.
-            with anyio.CancelScope(shield=True):
-                text = await anyio.to_thread.run_sync(self.store.save, document, self.record)
+            except Exception as exc:
+                # Whatever failed (the model, its reply, the provider, the disk), a failed
+                # update changes nothing: the previous memory stays and the turns go on.
+                self._failed(update, exc)
+                return
+            self.failures = 0
             self.document = document
             self.events.emit(
                 "memory_update_committed",
@@ -184,6 +199,19 @@ class MemoryUpdater:
         finally:
             self.running = False
             self._idle.set()
+
+    def _failed(self, update: int, exc: Exception) -> None:
+        self.failures += 1
+        self._skip = min(2 ** (self.failures - 1) - 1, 16)
+        known = isinstance(exc, MemoryUpdateError | ModelError)
+        self.events.emit(
+            "memory_update_failed",
+            update=update,
+            error=str(exc) if known else f"{type(exc).__name__}: {exc}",
+            consecutive_failures=self.failures,
+            retry_after_turns=self._skip,
+            **self._usage,
+        )
 
     async def _ask(self, snapshot: Snapshot, update: int) -> MemoryDocument:
         self._usage = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, Reply, Script, text, tool_calls
@@ -114,3 +115,40 @@ async def test_a_request_the_api_rejects_is_a_model_error_and_too_long_is_its_ow
         with pytest.raises(ModelError, match="401"):
             await model.generate(_request())
         await model.aclose()
+
+
+_STREAM_FAULTS = {
+    "a dropped connection": {"drop_stream_after_events": 4},
+    "a malformed event": {"malformed_event_after": 4},
+    "an end without message_stop": {"end_stream_after_events": 6},
+    "a stall": {"stall_after_events": 4, "stall_s": 60.0},
+    "an overloaded error event": {"mid_stream_error": "overloaded_error"},
+}
+
+
+@pytest.mark.parametrize("fault", sorted(_STREAM_FAULTS))
+async def test_a_stream_fault_is_retried_from_the_start_and_the_reply_is_whole(fault: str) -> None:
+    faulty = Reply(
+        content=[{"type": "text", "text": "partial answer " * 8}], **_STREAM_FAULTS[fault]
+    )
+    replies = iter([faulty, text("whole answer")])
+    with FakeMessagesAPI(lambda _r: next(replies)) as api, anyio.fail_after(30):
+        model = AnthropicModel("m", base_url=api.url, api_key="k", stall_timeout=0.3)
+        response = await model.generate(_request())
+        await model.aclose()
+    assert response.content[0].model_dump()["text"] == "whole answer"
+    assert response.stop_reason == "end_turn"
+    assert len(api.requests) == 2
+    assert api.requests[0].body == api.requests[1].body  # the same request, from the start
+
+
+async def test_a_stream_that_keeps_failing_is_one_model_error_naming_the_last_fault() -> None:
+    def always_cut(_request: object) -> Reply:
+        return Reply(content=[{"type": "text", "text": "never whole"}], malformed_event_after=3)
+
+    with FakeMessagesAPI(always_cut) as api:
+        model = AnthropicModel("m", base_url=api.url, api_key="k")
+        with pytest.raises(ModelError, match=r"failed 4 times in a row \(last: a malformed event"):
+            await model.generate(_request())
+        await model.aclose()
+    assert len(api.requests) == 4

@@ -37,11 +37,14 @@ def _cmd(*args: str) -> list[str]:
 
 
 def tidemark(
-    *args: str, api: FakeMessagesAPI | None = None, timeout: float = 120
+    *args: str,
+    api: FakeMessagesAPI | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         _cmd(*args),
-        env=_env(api),
+        env={**_env(api), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -307,6 +307,127 @@ INVALID_REQUESTS: list[tuple[str, list[Any], dict[str, Any], str]] = [
 ]
 
 
+_THOUGHT = {
+    "type": "thinking",
+    "thinking": "Let me list.",
+    "signature": signature_for("Let me list."),
+}
+_EPHEMERAL = {"type": "ephemeral"}
+
+# What a leaked internal field or a wrong option looks like to the API.
+INVALID_REQUESTS += [
+    (
+        "an unknown key on a message",
+        [{"role": "user", "content": "go", "id": "msg_1"}],
+        {},
+        "messages.0.id: Extra inputs are not permitted",
+    ),
+    (
+        "an unknown key on a text block",
+        [user([{"type": "text", "text": "go", "origin": "user"}])],
+        {},
+        "messages.0.content.0.text.origin: Extra inputs are not permitted",
+    ),
+    (
+        "an unknown key on a tool_result block",
+        [
+            user("go"),
+            assistant([tool_use("toolu_a")]),
+            user([{**tool_result("toolu_a"), "tombstoned": True}]),
+        ],
+        {"tools": TOOLS},
+        "messages.2.content.0.tool_result.tombstoned: Extra inputs are not permitted",
+    ),
+    (
+        "an unknown key on a tool_use block",
+        [user("go"), assistant([{**tool_use("toolu_a"), "duration_ms": 3}])],
+        {"tools": TOOLS},
+        "messages.1.content.0.tool_use.duration_ms: Extra inputs are not permitted",
+    ),
+    (
+        "cache_control on a thinking block",
+        [
+            user("go"),
+            assistant([{**_THOUGHT, "cache_control": _EPHEMERAL}, tool_use("toolu_a")]),
+            user([tool_result("toolu_a")]),
+        ],
+        {"tools": TOOLS, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+        "messages.1.content.0.thinking.cache_control: Extra inputs are not permitted",
+    ),
+    (
+        "an unknown top-level key",
+        [user("go")],
+        {"extra_body": {"purpose": "turn"}},
+        "purpose: Extra inputs are not permitted",
+    ),
+    (
+        "an unknown key on a tool",
+        [user("go")],
+        {"tools": [{**TOOLS[0], "approval": "required"}]},
+        "tools.0.custom.approval: Extra inputs are not permitted",
+    ),
+    (
+        "an unknown key on a system block",
+        [user("go")],
+        {"system": [{"type": "text", "text": "Be brief.", "priority": 1}]},
+        "system.0.priority: Extra inputs are not permitted",
+    ),
+    (
+        "an unknown key in cache_control",
+        [user([{"type": "text", "text": "go", "cache_control": {**_EPHEMERAL, "scope": "x"}}])],
+        {},
+        "messages.0.content.0.cache_control.ephemeral.scope: Extra inputs are not permitted",
+    ),
+    (
+        "a cache ttl the API does not offer",
+        [user([{"type": "text", "text": "go", "cache_control": {**_EPHEMERAL, "ttl": "2h"}}])],
+        {},
+        "messages.0.content.0.cache_control.ephemeral.ttl: Input should be '5m' or '1h'",
+    ),
+    (
+        "an unknown tool_choice type",
+        [user("go")],
+        {"tools": TOOLS, "tool_choice": {"type": "required"}},
+        "tool_choice: Input tag 'required' found using 'type' does not match any of the expected "
+        "tags: 'any', 'auto', 'none', 'tool'",
+    ),
+    (
+        "tool_choice tool without a name",
+        [user("go")],
+        {"tools": TOOLS, "tool_choice": {"type": "tool"}},
+        "tool_choice.tool.name: Field required",
+    ),
+    (
+        "tool_choice naming a tool that is not defined",
+        [user("go")],
+        {"tools": TOOLS, "tool_choice": {"type": "tool", "name": "grep"}},
+        "Tool 'grep' not found in provided tools",
+    ),
+    (
+        "an unknown key on tool_choice",
+        [user("go")],
+        {"tools": TOOLS, "tool_choice": {"type": "none", "disable_parallel_tool_use": True}},
+        "tool_choice.none.disable_parallel_tool_use: Extra inputs are not permitted",
+    ),
+    (
+        "tool_choice any without tools",
+        [user("go")],
+        {"tool_choice": {"type": "any"}},
+        "tool_choice may only be specified while providing tools.",
+    ),
+    (
+        "thinking with a forced tool call",
+        [user("go")],
+        {
+            "tools": TOOLS,
+            "tool_choice": {"type": "any"},
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+        },
+        "Thinking may not be enabled when tool_choice forces tool use.",
+    ),
+]
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("messages", "extra", "error"),
@@ -327,6 +448,26 @@ async def test_an_invalid_request_is_rejected_with_the_real_api_message(
     assert raised.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert raised.value.body["error"]["message"].startswith(error)  # type: ignore[index]
     assert [r.error for r in api.invalid_requests] == [raised.value.body["error"]["message"]]  # type: ignore[index]
+
+
+def test_max_tokens_is_capped_at_what_the_model_can_write() -> None:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100_000, "messages": [user("hi")]}
+    assert validate_request(body) == (
+        "max_tokens: 100000 > 64000, which is the maximum allowed number of output tokens for "
+        "claude-sonnet-4-5"
+    )
+    assert validate_request({**body, "max_tokens": 64_000}) is None
+    assert validate_request({**body, "max_tokens": True}) == (
+        "max_tokens: Input should be a valid integer"
+    )
+
+
+def test_count_tokens_takes_no_max_tokens_or_stream() -> None:
+    body = {"model": MODEL, "messages": [user("hi")]}
+    assert validate_request({**body, "max_tokens": 5}, count_only=True) == (
+        "max_tokens: Extra inputs are not permitted"
+    )
+    assert validate_request(body, count_only=True) is None
 
 
 def test_model_and_max_tokens_are_required() -> None:

@@ -2,7 +2,9 @@
 
 Streams every request, marks prompt-cache breakpoints (tools, system, the shared prefix,
 the latest message), sends `X-Tidemark-Purpose`, and leaves retries with backoff on
-408/409/429/5xx/529 to the SDK.
+408/409/429/5xx/529 before a stream starts to the SDK. A stream that fails after it started
+(dropped connection, an `error` event, a malformed event, an end without `message_stop`, no
+event for `stall_timeout` seconds) is retried here, from the start, with backoff.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import anthropic
 import anyio
 
-from tidemark.errors import ContextTooLongError, ModelError
+from tidemark.errors import ConfigError, ContextTooLongError, ModelError
 from tidemark.messages import (
     ContentBlock,
     Message,
@@ -32,12 +34,32 @@ __all__ = ["DEFAULT_MODEL", "AnthropicModel", "to_wire_messages"]
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 _STREAM_RETRIES = 3
+# The API sends `ping` events while a reply is slow, so a long silence means a dead stream.
+DEFAULT_STALL_TIMEOUT = 120.0
+STALL_TIMEOUT_ENV = "TIDEMARK_STALL_TIMEOUT"
 # Where the SDK's HTTP stack raises from when a stream breaks midway.
 _TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "h11", "anyio"})
 
 
 class _MidStreamError(Exception):
     """A stream broke after it started; worth retrying from the start."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _stall_timeout_from_env() -> float:
+    raw = os.environ.get(STALL_TIMEOUT_ENV)
+    if not raw:
+        return DEFAULT_STALL_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{STALL_TIMEOUT_ENV}={raw!r}: expected seconds, e.g. 120") from None
+    if value <= 0:
+        raise ConfigError(f"{STALL_TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
+    return value
 
 
 _EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
@@ -105,9 +127,11 @@ class AnthropicModel:
         base_url: str | None = None,
         max_retries: int = 4,
         timeout: float = 600.0,
+        stall_timeout: float | None = None,
     ) -> None:
         self._name = model
         self._context_window = context_window
+        self._stall_timeout = stall_timeout or _stall_timeout_from_env()
         # The SDK reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL itself. A server named by
         # ANTHROPIC_BASE_URL alone (llama-server, Ollama, a test server) needs no key, but
         # the SDK refuses to send a request without one: give it a placeholder.
@@ -167,7 +191,9 @@ class AnthropicModel:
                 break
             except _MidStreamError as exc:
                 if attempt == _STREAM_RETRIES:
-                    raise ModelError(f"the API stream kept failing: {exc.__cause__}") from exc
+                    raise ModelError(
+                        f"the API stream failed {attempt + 1} times in a row (last: {exc.reason})"
+                    ) from exc
                 await anyio.sleep(0.5 * 2**attempt)
         else:  # pragma: no cover - the loop always breaks or raises
             raise ModelError("unreachable")
@@ -193,20 +219,18 @@ class AnthropicModel:
                 return await create(**self._params(request))
             async with self._client.messages.stream(**self._params(request)) as stream:
                 opened = True
-                if on_text is not None:
-                    async for text in stream.text_stream:
-                        result = on_text(text)
-                        if inspect.isawaitable(result):
-                            await result
+                await self._follow(stream, on_text)
                 return await stream.get_final_message()
+        except _MidStreamError:
+            raise
         except anthropic.BadRequestError as exc:
             message = _error_message(exc)
             if "prompt is too long" in message or "exceed context limit" in message:
                 raise ContextTooLongError(message) from exc
             raise ModelError(f"the API rejected the request: {message}") from exc
         except anthropic.APIStatusError as exc:
-            if opened and (exc.status_code >= 500 or "overloaded" in _error_message(exc)):
-                raise _MidStreamError() from exc
+            if opened:  # an `error` event inside a stream that had started (status 200)
+                raise _MidStreamError(f"an error event: {_error_message(exc)}") from exc
             raise ModelError(
                 f"the API failed with HTTP {exc.status_code}: {_error_message(exc)}"
             ) from exc
@@ -214,12 +238,40 @@ class AnthropicModel:
             raise ModelError(f"cannot reach the API: {exc}") from exc
         except anthropic.APIError as exc:
             if opened:
-                raise _MidStreamError() from exc
+                raise _MidStreamError(f"an error event: {exc}") from exc
             raise ModelError(f"the API failed: {exc}") from exc
+        except ValueError as exc:
+            # A cut or garbled event (JSONDecodeError), or a reply body that is not JSON.
+            if opened:
+                raise _MidStreamError(f"a malformed event ({exc})") from exc
+            raise ModelError(f"the API sent a reply that is not valid JSON: {exc}") from exc
         except Exception as exc:
             if opened and type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES:
-                raise _MidStreamError() from exc
+                raise _MidStreamError(f"the connection broke ({type(exc).__name__})") from exc
             raise
+
+    async def _follow(self, stream: Any, on_text: TextSink | None) -> None:
+        """Read the stream to its `message_stop`, passing text on; a stall or an early end
+        raises `_MidStreamError`."""
+        stopped = False
+        # One scope for the whole stream, its deadline pushed back at every event.
+        with anyio.CancelScope(deadline=anyio.current_time() + self._stall_timeout) as idle:
+            async for event in stream:
+                idle.deadline = anyio.current_time() + self._stall_timeout
+                if event.type == "message_stop":
+                    stopped = True
+                elif (
+                    on_text is not None
+                    and event.type == "content_block_delta"
+                    and event.delta.type == "text_delta"
+                ):
+                    result = on_text(event.delta.text)
+                    if inspect.isawaitable(result):
+                        await result
+        if idle.cancelled_caught:
+            raise _MidStreamError(f"the stream stalled (no event for {self._stall_timeout:g} s)")
+        if not stopped:
+            raise _MidStreamError("the stream ended before `message_stop`")
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -30,6 +30,11 @@ class Reply:
     drop_stream_after_events: int | None = None  # counts every SSE event, `ping` included
     mid_stream_error: str | None = None  # error type sent as an SSE `error` event
     retry_after_s: float | None = None  # None: 0.01 s on 429, no header on other statuses
+    # Stream faults, each after this many SSE events (`ping` included):
+    malformed_event_after: int | None = None  # one event whose JSON data is cut, then the end
+    end_stream_after_events: int | None = None  # a clean end of the body, no `message_stop`
+    stall_after_events: int | None = None  # silence for `stall_s`, then the connection drops
+    stall_s: float = 30.0
 
 
 @dataclass

@@ -66,6 +66,10 @@ class _Dropped(Exception):
     """The reply asked for the connection to be dropped."""
 
 
+class _Ended(Exception):
+    """The reply asked for the stream to end early, with a well-formed end of the body."""
+
+
 class FakeMessagesAPI:
     """The Messages API on 127.0.0.1, answering with what `responder` returns.
 
@@ -171,6 +175,8 @@ class FakeMessagesAPI:
             self.requests.append(record)
         try:
             self._answer(http, record, body)
+        except _Ended:
+            pass
         except (_Dropped, ConnectionError):
             http.close_connection = True
             with contextlib.suppress(OSError):
@@ -217,6 +223,10 @@ class FakeMessagesAPI:
             retry_after = reply.retry_after_s
             _send_error(http, record, reply.status, reply.error_message, retry_after=retry_after)
             return
+        if not record.stream and reply.stall_after_events is not None:
+            time.sleep(reply.stall_s)
+            record.finished_at = time.monotonic()
+            raise _Dropped
         if not record.stream and reply.drop_stream_after_events is not None:
             record.finished_at = time.monotonic()
             raise _Dropped
@@ -238,7 +248,7 @@ class FakeMessagesAPI:
             time.sleep(self.latency.output_time(usage["output_tokens"]))
         else:
             record.first_token_at = time.monotonic()
-        _send_json(http, record, 200, message)
+        _send_json(http, record, 200, message, cut=reply.malformed_event_after is not None)
 
     def _reject(self, http: _Handler, record: RecordedRequest, error: str) -> None:
         record.error = error
@@ -367,16 +377,31 @@ class _SSEWriter:
         self._end()
 
     def _event(self, name: str, data: dict[str, Any]) -> None:
-        limit = self.reply.drop_stream_after_events
-        if limit is not None and self.events_sent >= limit:
+        reply, sent = self.reply, self.events_sent
+        if reply.drop_stream_after_events is not None and sent >= reply.drop_stream_after_events:
             self.record.finished_at = time.monotonic()
             raise _Dropped
-        if name in ("message_stop", "error"):
+        if reply.stall_after_events is not None and sent >= reply.stall_after_events:
+            time.sleep(reply.stall_s)  # a proxy that holds the connection open and goes quiet
+            self.record.finished_at = time.monotonic()
+            raise _Dropped
+        if reply.end_stream_after_events is not None and sent >= reply.end_stream_after_events:
+            self.record.finished_at = time.monotonic()
+            self._end()
+            raise _Ended
+        encoded = json.dumps(data)
+        malformed = reply.malformed_event_after is not None and sent >= reply.malformed_event_after
+        if malformed:
+            encoded = encoded[: len(encoded) // 2]  # JSON cut mid-way, as a broken proxy sends
+        if name in ("message_stop", "error") or malformed:
             self.record.finished_at = time.monotonic()  # before the client can see the end
-        payload = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+        payload = f"event: {name}\ndata: {encoded}\n\n".encode()
         self.http.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
         self.http.wfile.flush()
         self.events_sent += 1
+        if malformed:
+            self._end()
+            raise _Ended
 
     def _end(self) -> None:
         self.http.wfile.write(b"0\r\n\r\n")
@@ -424,10 +449,14 @@ def _send_json(
     status: int,
     payload: dict[str, Any],
     headers: dict[str, str] | None = None,
+    *,
+    cut: bool = False,
 ) -> None:
     record.status = status
     record.finished_at = time.monotonic()  # before the client can see the answer
     data = json.dumps(payload).encode()
+    if cut:  # a body whose JSON is cut mid-way (its length says so, as a broken proxy's would)
+        data = data[: len(data) // 2]
     http.send_response(status)
     http.send_header("content-type", "application/json")
     http.send_header("content-length", str(len(data)))

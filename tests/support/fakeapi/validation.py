@@ -19,6 +19,51 @@ _USER_BLOCKS = {"text", "image", "document", "search_result", "tool_result"}
 _ASSISTANT_BLOCKS = {"text", "tool_use", "thinking", "redacted_thinking", "server_tool_use"}
 _TOOL_RESULT_BLOCKS = {"text", "image", "document", "search_result"}
 _THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+_EXTRA = "Extra inputs are not permitted"
+
+# The keys each object accepts; any other key is rejected ("Extra inputs are not permitted").
+_REQUEST_KEYS = {
+    "model", "messages", "max_tokens", "system", "tools", "tool_choice", "metadata",
+    "stop_sequences", "stream", "temperature", "top_k", "top_p", "thinking", "service_tier",
+    "container", "mcp_servers", "context_management",
+}  # fmt: skip
+_COUNT_TOKENS_KEYS = {
+    "model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers",
+    "context_management",
+}  # fmt: skip
+_MESSAGE_KEYS = {"role", "content"}
+_BLOCK_KEYS: dict[str, set[str]] = {
+    "text": {"type", "text", "cache_control", "citations"},
+    "image": {"type", "source", "cache_control"},
+    "document": {"type", "source", "title", "context", "citations", "cache_control"},
+    "search_result": {"type", "source", "title", "content", "citations", "cache_control"},
+    "tool_use": {"type", "id", "name", "input", "cache_control"},
+    "tool_result": {"type", "tool_use_id", "content", "is_error", "cache_control"},
+    # Thinking blocks cannot carry cache_control.
+    "thinking": {"type", "thinking", "signature"},
+    "redacted_thinking": {"type", "data"},
+}
+_CUSTOM_TOOL_KEYS = {"type", "name", "description", "input_schema", "cache_control"}
+_CACHE_CONTROL_KEYS = {"type", "ttl"}
+_TOOL_CHOICE_KEYS = {
+    "auto": {"type", "disable_parallel_tool_use"},
+    "any": {"type", "disable_parallel_tool_use"},
+    "tool": {"type", "name", "disable_parallel_tool_use"},
+    "none": {"type"},
+}
+# The most output tokens each model family accepts (by model-name prefix); other names: 128k.
+_MAX_OUTPUT_TOKENS = (
+    ("claude-opus-4-1", 32_000),
+    ("claude-opus-4-0", 32_000),
+    ("claude-opus-4-2", 32_000),
+    ("claude-opus-4", 64_000),
+    ("claude-sonnet-4", 64_000),
+    ("claude-haiku-4", 64_000),
+    ("claude-3-7-sonnet", 64_000),
+    ("claude-3-5-haiku", 8_192),
+    ("claude-3-5-sonnet", 8_192),
+    ("claude-3-haiku", 4_096),
+)
 
 
 class _Invalid(Exception):
@@ -45,9 +90,18 @@ class _Turn:
     blocks: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
 
 
+def _check_extra(where: str, obj: dict[str, Any], allowed: set[str]) -> None:
+    extra = [key for key in obj if key not in allowed]
+    if extra:
+        raise _Invalid(f"{where}{'.' if where else ''}{extra[0]}: {_EXTRA}")
+
+
 def _check_request(body: Any, *, count_only: bool) -> None:
     if not isinstance(body, dict):
         raise _Invalid("body: Input should be a valid dictionary")
+    _check_extra("", body, _COUNT_TOKENS_KEYS if count_only else _REQUEST_KEYS)
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise _Invalid("stream: Input should be a valid boolean")
     _check_model_and_max_tokens(body, count_only=count_only)
     messages = body.get("messages")
     if messages is None:
@@ -59,6 +113,7 @@ def _check_request(body: Any, *, count_only: bool) -> None:
     _check_tools(body.get("tools"))
     _check_system(body.get("system"))
     thinking = _thinking_enabled(body, count_only=count_only)
+    _check_tool_choice(body, thinking=thinking)
 
     turns: list[_Turn] = []
     for i, message in enumerate(messages):
@@ -96,6 +151,42 @@ def _check_model_and_max_tokens(body: dict[str, Any], *, count_only: bool) -> No
         raise _Invalid("max_tokens: Input should be a valid integer")
     if max_tokens < 1:
         raise _Invalid("max_tokens: Input should be greater than or equal to 1")
+    most = next((n for prefix, n in _MAX_OUTPUT_TOKENS if model.startswith(prefix)), 128_000)
+    if max_tokens > most:
+        raise _Invalid(
+            f"max_tokens: {max_tokens} > {most}, which is the maximum allowed number of output "
+            f"tokens for {model}"
+        )
+
+
+def _check_tool_choice(body: dict[str, Any], *, thinking: bool) -> None:
+    choice = body.get("tool_choice")
+    if choice is None:
+        return
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind not in _TOOL_CHOICE_KEYS:
+        raise _Invalid(
+            f"tool_choice: Input tag '{kind}' found using 'type' does not match any of the "
+            "expected tags: 'any', 'auto', 'none', 'tool'"
+        )
+    assert isinstance(choice, dict)
+    _check_extra(f"tool_choice.{kind}", choice, _TOOL_CHOICE_KEYS[kind])
+    flag = choice.get("disable_parallel_tool_use")
+    if flag is not None and not isinstance(flag, bool):
+        raise _Invalid(
+            f"tool_choice.{kind}.disable_parallel_tool_use: Input should be a valid boolean"
+        )
+    if kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str):
+            raise _Invalid("tool_choice.tool.name: Field required")
+        names = {t.get("name") for t in body.get("tools") or []}
+        if name not in names:
+            raise _Invalid(f"Tool '{name}' not found in provided tools")
+    if kind in ("any", "tool") and not body.get("tools"):
+        raise _Invalid("tool_choice may only be specified while providing tools.")
+    if thinking and kind in ("any", "tool"):
+        raise _Invalid("Thinking may not be enabled when tool_choice forces tool use.")
 
 
 def _check_cache_control(where: str, block: dict[str, Any]) -> None:
@@ -104,6 +195,9 @@ def _check_cache_control(where: str, block: dict[str, Any]) -> None:
         return
     if not isinstance(control, dict) or control.get("type") != "ephemeral":
         raise _Invalid(f"{where}.cache_control.type: Input should be 'ephemeral'")
+    _check_extra(f"{where}.cache_control.ephemeral", control, _CACHE_CONTROL_KEYS)
+    if control.get("ttl", "5m") not in ("5m", "1h"):
+        raise _Invalid(f"{where}.cache_control.ephemeral.ttl: Input should be '5m' or '1h'")
 
 
 def _check_tools(tools: Any) -> None:
@@ -126,6 +220,10 @@ def _check_tools(tools: Any) -> None:
                 raise _Invalid(f"tools.{k}.custom.input_schema: Field required")
             if schema.get("type") != "object":
                 raise _Invalid(f"tools.{k}.custom.input_schema.type: Input should be 'object'")
+            _check_extra(f"tools.{k}.custom", tool, _CUSTOM_TOOL_KEYS)
+            description = tool.get("description")
+            if description is not None and not isinstance(description, str):
+                raise _Invalid(f"tools.{k}.custom.description: Input should be a valid string")
         _check_cache_control(f"tools.{k}", tool)
         if name in names:
             raise _Invalid("tools: Tool names must be unique.")
@@ -140,6 +238,7 @@ def _check_system(system: Any) -> None:
     for k, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise _Invalid(f"system.{k}.type: Input should be 'text'")
+        _check_extra(f"system.{k}", block, _BLOCK_KEYS["text"])
         _check_text(f"system.{k}", block, where="system")
         _check_cache_control(f"system.{k}", block)
 
@@ -174,6 +273,7 @@ def _thinking_enabled(body: dict[str, Any], *, count_only: bool) -> bool:
 def _check_message(i: int, message: Any, *, is_last: bool) -> tuple[str, list[dict[str, Any]]]:
     if not isinstance(message, dict):
         raise _Invalid(f"messages.{i}: Input should be a valid dictionary")
+    _check_extra(f"messages.{i}", message, _MESSAGE_KEYS)
     role = message.get("role")
     if role not in ("user", "assistant"):
         raise _Invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
@@ -207,6 +307,8 @@ def _check_block(where: str, block: Any, *, role: str) -> None:
             f"{where}.type: Input tag '{kind}' found using 'type' does not match any of the "
             f"expected tags for `{role}` messages: {expected}"
         )
+    if kind in _BLOCK_KEYS:
+        _check_extra(f"{where}.{kind}", block, _BLOCK_KEYS[kind])
     _check_cache_control(where, block)
     if kind == "text":
         _check_text(where, block, where="messages")
@@ -261,6 +363,7 @@ def _check_tool_result(where: str, block: dict[str, Any]) -> None:
                 f"{path}.type: Input tag '{kind}' found using 'type' does not match any of the "
                 "expected tags: 'document', 'image', 'search_result', 'text'"
             )
+        _check_extra(f"{path}.{inner['type']}", inner, _BLOCK_KEYS[inner["type"]])
         _check_cache_control(path, inner)
         if inner["type"] == "text":
             _check_text(path, inner, where="messages")
