@@ -126,6 +126,13 @@ class MemoryUpdater:
         self._idle = anyio.Event()
         self._idle.set()
 
+    async def settle(self) -> None:
+        """Wait until no update is running (each one is bounded by its own timeout)."""
+        while self.running:
+            # A chained update begins synchronously when its predecessor ends, so the loop
+            # sees it before this task runs again.
+            await self._idle.wait()
+
     async def wait_idle(self, timeout_s: float) -> float:
         """Wait up to `timeout_s` for the update in flight; returns the ms waited."""
         if not self.running or timeout_s <= 0:
@@ -153,8 +160,17 @@ class MemoryUpdater:
             lag_tokens=snapshot.lag_tokens,
         )
         try:
+            timeout = self.settings.memory_update_timeout
             try:
-                document = await self._ask(snapshot, update)
+                # Its own bound: a stuck request would otherwise hold back every later update
+                # (and the save at the finish).
+                with anyio.fail_after(timeout):
+                    document = await self._ask(snapshot, update)
+            except TimeoutError:
+                self.events.emit(
+                    "memory_update_failed", update=update, error=f"timed out after {timeout:g} s"
+                )
+                return
             except (MemoryError, ModelError) as exc:
                 self.events.emit(
                     "memory_update_failed", update=update, error=str(exc), **self._usage
