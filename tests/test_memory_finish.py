@@ -217,3 +217,56 @@ async def test_the_wait_at_the_finish_is_bounded_by_the_updates_own_timeout(
     events = _events(tmp_path)
     assert _named(events, "memory_update_committed") == []
     assert "timed out after 1 s" in _named(events, "memory_update_failed")[0]["error"]
+
+
+# -- the natural pause -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_answer_without_a_tool_call_starts_the_due_update_and_it_covers_the_answer(
+    tmp_path: Path,
+) -> None:
+    # Tool calls alone never make an update due here: only the pause can.
+    settings = {"memory_tool_calls": 100}
+    with FakeMessagesAPI(_short_session(tmp_path, memory_delay_s=0.2)) as api:
+        result = await _run(api, tmp_path, settings=settings)
+        (update,) = api.requests_for("session-memory")
+    answer = _transcript(tmp_path)[-1]["message"]
+    assert answer["content"][0]["text"] == ANSWER
+    # The update request held the whole session, the answer included, then its instruction.
+    assert update.body["messages"][-2]["content"][0]["text"] == ANSWER
+    events = _events(tmp_path)
+    (started,) = _named(events, "memory_update_started")
+    assert started["to_message_id"] == answer["id"]
+    assert _named(events, "memory_update_committed")[0]["covers_message_id"] == answer["id"]
+    assert result.paths.memory.exists()
+
+
+@pytest.mark.anyio
+async def test_a_pause_inside_the_run_starts_the_due_update_before_the_next_turn(
+    tmp_path: Path,
+) -> None:
+    settings = {"memory_tool_calls": 100}
+    cut = text("I have read them; the discount", stop_reason="max_tokens")
+    script = _short_session(tmp_path, memory_delay_s=0.2, final=cut)
+    script.default = text(ANSWER)
+    with FakeMessagesAPI(script) as api:
+        await _run(api, tmp_path, settings=settings, wait_for_memory=False)
+    events = _events(tmp_path)
+    order = [
+        (e["event"], e.get("turn"))
+        for e in events
+        if e["event"] in ("turn_finished", "memory_update_started")
+    ]
+    # The update was asked for at the pause, before the turn that continues the reply.
+    assert order[-3:] == [
+        ("turn_finished", 8),
+        ("memory_update_started", None),
+        ("turn_finished", 9),
+    ]
+    messages = [r["message"] for r in _transcript(tmp_path)]
+    cut_off = next(i for i, m in enumerate(messages) if m.get("stop_reason") == "max_tokens")
+    # It covers the cut-off reply and the runtime's "continue" that followed it.
+    assert (
+        _named(events, "memory_update_started")[0]["to_message_id"] == messages[cut_off + 1]["id"]
+    )
