@@ -195,7 +195,7 @@ class Session:
         """
         self.schedule_update()
         if self.updater.running:
-            self.progress.notice("saving session memory (Ctrl-C skips)")
+            self.events.emit("notice", text="saving session memory (Ctrl-C skips)")
             with anyio.move_on_after(self.settings.memory_update_timeout):
                 await self.updater.settle()
 
