@@ -184,7 +184,7 @@ def _check_workspace(raw: str) -> None:
         )
 
 
-async def _run(args: argparse.Namespace) -> RunResult:
+async def _run(args: argparse.Namespace, answered: list[RunResult]) -> RunResult:
     provider: ProviderName = args.provider or default_provider()
     settings = _settings(args, provider)
     extra_tools = _load_tools(args.tools)
@@ -204,10 +204,18 @@ async def _run(args: argparse.Namespace) -> RunResult:
         on_event=follow(progress),
         nudge_without_action=provider == "local",
     )
+
+    def answer(result: RunResult) -> None:
+        # The answer is shown at once; the session memory is saved after it.
+        answered.append(result)
+        progress.close()  # the status line steps aside (it comes back while saving)
+        if result.final_text:
+            print(result.final_text, flush=True)
+
     try:
         if args.command == "run":
-            return await agent.run(args.task)
-        return await agent.resume(args.session, args.task)
+            return await agent.run(args.task, on_answer=answer)
+        return await agent.resume(args.session, args.task, on_answer=answer)
     finally:
         progress.close()
         with anyio.CancelScope(shield=True):
@@ -217,6 +225,7 @@ async def _run(args: argparse.Namespace) -> RunResult:
 async def _main_async(args: argparse.Namespace) -> int:
     result: RunResult | None = None
     stopped_by: list[int] = []  # the signal that stopped the run
+    answered: list[RunResult] = []
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
@@ -228,10 +237,18 @@ async def _main_async(args: argparse.Namespace) -> int:
 
         tg.start_soon(watch_signals)
         try:
-            result = await _run(args)
+            result = await _run(args, answered)
         finally:
             tg.cancel_scope.cancel()
-    if stopped_by or result is None:
+    interrupted = bool(stopped_by)
+    if interrupted and answered and result is None:
+        # The task finished and its answer is out; only the memory save was skipped.
+        print(
+            "tidemark: session memory not saved (interrupted); it stays at its last update",
+            file=sys.stderr,
+        )
+        result = answered[0]
+    if result is None or (interrupted and not answered):
         print("tidemark: interrupted; continue with `tidemark resume`", file=sys.stderr)
         # The shell's convention: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
         return 143 if stopped_by == [signal.SIGTERM] else 130
@@ -241,8 +258,6 @@ async def _main_async(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    if result.final_text:
-        print(result.final_text)
     print(
         f"tidemark: session {result.session_id} finished in {result.turns} turns", file=sys.stderr
     )

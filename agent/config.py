@@ -47,6 +47,10 @@ class Settings(BaseModel):
     memory_update_output_tokens: int = Field(default=4_096, ge=256)
     """Output budget of one memory update request."""
 
+    memory_update_timeout: float = Field(default=300.0, gt=0)
+    """Seconds one memory update may take before it is abandoned (the previous memory stays).
+    Also bounds the wait for the session memory at a normal finish."""
+
     compaction_wait_ms: int = Field(default=0, ge=0)
     """How long compaction may wait for an in-flight memory update (0: never)."""
 

@@ -116,6 +116,8 @@ class MemoryUpdateCommitted(UpdateUsage):
 class MemoryUpdateFailed(UpdateUsage):
     update: Required[int]
     error: Required[str]
+    consecutive_failures: NotRequired[int]  # failed updates in a row, this one included
+    retry_after_turns: NotRequired[int]  # due updates skipped before the next try (back-off)
 
 
 class SummaryBoundary(TypedDict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -92,16 +92,40 @@ class Agent:
             restored=load_transcript(paths.transcript) if resumed else None,
         )
 
-    async def run(self, task: str) -> RunResult:
-        """Start a new session on `task`."""
+    async def run(
+        self,
+        task: str,
+        *,
+        wait_for_memory: bool = True,
+        on_answer: Callable[[RunResult], None] | None = None,
+    ) -> RunResult:
+        """Start a new session on `task`.
+
+        On a normal finish, `on_answer` (if given) gets the result as soon as the answer is
+        known; then, with `wait_for_memory` (the default), the run lets an in-flight or due
+        session-memory update commit before it returns, each update bounded by
+        ``Settings.memory_update_timeout``, so the session memory covers the session. With
+        ``wait_for_memory=False`` the update is cancelled at once (the previous memory
+        stays). Cancelling the run skips the wait; errors and cancellation never wait.
+        """
         paths = SessionPaths.create(self.workspace)
         session = self._session(paths, resumed=False)
         self._started(session, task, resumed=False)
         session.add(Message.user_text(task))
-        return await self._drive(session)
+        return await self._drive(session, wait_for_memory, on_answer)
 
-    async def resume(self, session_id: str | None = None, task: str | None = None) -> RunResult:
-        """Continue a session after an exit or a crash; `task` adds a new user message."""
+    async def resume(
+        self,
+        session_id: str | None = None,
+        task: str | None = None,
+        *,
+        wait_for_memory: bool = True,
+        on_answer: Callable[[RunResult], None] | None = None,
+    ) -> RunResult:
+        """Continue a session after an exit or a crash; `task` adds a new user message.
+
+        `wait_for_memory` and `on_answer` work as in `run`.
+        """
         paths = SessionPaths.find(self.workspace, session_id)
         reap_leftover_processes(paths.processes)
         session = self._session(paths, resumed=True)
@@ -112,7 +136,7 @@ class Agent:
         elif not session.context or session.context[-1].role == "assistant":
             session.close()
             return RunResult(paths.session_id, "nothing_to_do", 0, "", paths)
-        return await self._drive(session)
+        return await self._drive(session, wait_for_memory, on_answer)
 
     def _started(self, session: Session, task: str, *, resumed: bool) -> None:
         session.events.emit(
@@ -124,7 +148,12 @@ class Agent:
             resumed=resumed,
         )
 
-    async def _drive(self, session: Session) -> RunResult:
+    async def _drive(
+        self,
+        session: Session,
+        wait_for_memory: bool,
+        on_answer: Callable[[RunResult], None] | None,
+    ) -> RunResult:
         ending: Ending = "interrupted"
         failure: BaseException | None = None
         try:
@@ -133,6 +162,11 @@ class Agent:
                     session.bind(tg)
                     try:
                         ending = await self._turns(session)
+                        if ending == "finished":
+                            if on_answer is not None:
+                                on_answer(_result(session))
+                            if wait_for_memory:
+                                await session.settle_updates()
                     except TidemarkError as exc:  # raised below, outside the task group
                         ending, failure = "failed", exc
                     finally:
@@ -161,8 +195,7 @@ class Agent:
                 f"the agent hit the turn cap ({self.settings.max_turns} turns) before finishing",
                 session_id=session_id,
             )
-        final = session.context[-1].text if session.context else ""
-        return RunResult(session_id, "finished", session.turns, final, session.paths)
+        return _result(session)
 
     async def _turns(self, session: Session) -> Ending:
         ctx = ToolContext(
@@ -264,6 +297,11 @@ def _exit_code(ending: Ending, failure: BaseException | None) -> int:
     if ending == "failed":
         return 1  # a bug: its traceback follows
     return {"finished": 0, "turn_limit": 1, "nothing_to_do": 0}.get(ending, 130)
+
+
+def _result(session: Session) -> RunResult:
+    final = session.context[-1].text if session.context else ""
+    return RunResult(session.paths.session_id, "finished", session.turns, final, session.paths)
 
 
 def _answer_pending(session: Session) -> None:

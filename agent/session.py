@@ -190,6 +190,18 @@ class Session:
         ):
             self._start_update()
 
+    async def settle_updates(self) -> None:
+        """At a normal finish: start a due update, then let it (and one in flight) commit.
+
+        The whole wait is bounded by one update's timeout. Cancelling the caller (Ctrl-C)
+        cancels the update, whose commit is shielded: the memory is the old file or the new.
+        """
+        self.schedule_update()
+        if self.updater.running:
+            self.events.emit("notice", text="saving session memory (Ctrl-C skips)")
+            with anyio.move_on_after(self.settings.memory_update_timeout):
+                await self.updater.settle()
+
     def _start_update(self) -> None:
         assert self._tg is not None
         j = last_safe_boundary(self.context)

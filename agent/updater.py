@@ -128,6 +128,13 @@ class MemoryUpdater:
         self._idle = anyio.Event()
         self._idle.set()
 
+    async def settle(self) -> None:
+        """Wait until no update is running (each one is bounded by its own timeout)."""
+        while self.running:
+            # A chained update begins synchronously when its predecessor ends, so the loop
+            # sees it before this task runs again.
+            await self._idle.wait()
+
     async def wait_idle(self, timeout_s: float) -> float:
         """Wait up to `timeout_s` for the update in flight; returns the ms waited."""
         if not self.running or timeout_s <= 0:
@@ -168,13 +175,20 @@ class MemoryUpdater:
         )
         text = ""
         try:
+            timeout = self.settings.memory_update_timeout
             try:
-                document = await self._ask(snapshot, update)
+                # Its own bound: a stuck request would otherwise hold back every later update
+                # (and the save at the finish).
+                with anyio.fail_after(timeout):
+                    document = await self._ask(snapshot, update)
                 # Shielded: a cancellation cannot split the commit. The file (written in a
                 # worker thread, fsync included, so the event loop never blocks on the disk),
                 # the document in memory and the boundary event change together.
                 with anyio.CancelScope(shield=True):
                     text = await anyio.to_thread.run_sync(self.store.save, document, self.record)
+            except TimeoutError:
+                self._failed(update, MemoryUpdateError(f"timed out after {timeout:g} s"))
+                return
             except anyio.get_cancelled_exc_class():
                 self.events.emit(
                     "memory_update_failed", update=update, error="cancelled: session ended"

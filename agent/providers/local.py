@@ -310,7 +310,10 @@ class LocalModel:
         context_window: int = 8192,
         n_threads: int | None = None,
         seed: int = 0,
+        engine: Callable[..., Any] | None = None,
     ) -> None:
+        """`engine` builds one llama.cpp context (default: `llama_cpp.Llama`); tests pass a
+        stand-in with the same interface."""
         if model_path is not None:
             _check_model_file(Path(model_path).expanduser())
         llama_cpp = _import_llama_cpp()
@@ -322,27 +325,37 @@ class LocalModel:
         # large steps and uses every core.
         threads = n_threads or max(1, cores // 2)
         batch_threads = n_threads or cores
+        make = engine or llama_cpp.Llama
+        native = llama_cpp.llama_cpp
+
+        def load() -> Any:
+            try:
+                with _without_weight_repacking(native):
+                    return make(
+                        model_path=str(path),
+                        n_ctx=context_window,
+                        n_threads=threads,
+                        n_threads_batch=batch_threads,
+                        seed=seed,
+                        verbose=False,
+                    )
+            except (ValueError, RuntimeError) as exc:
+                raise ProviderUnavailableError(f"cannot load model {path}: {exc}") from exc
+
         started = time.perf_counter()
-        try:
-            with _without_weight_repacking(llama_cpp.llama_cpp):
-                self._llm: Any = llama_cpp.Llama(
-                    model_path=str(path),
-                    n_ctx=context_window,
-                    n_threads=threads,
-                    n_threads_batch=batch_threads,
-                    seed=seed,
-                    verbose=False,
-                )
-        except (ValueError, RuntimeError) as exc:
-            raise ProviderUnavailableError(f"cannot load model {path}: {exc}") from exc
+        self._load = load
+        self._turns = _Context(load())
+        self._llm: Any = self._turns.llm
         self.load_seconds = time.perf_counter() - started
+        # Memory updates get their own context (same weights, mapped once by the OS; own KV
+        # cache), made on the first update: a turn never waits for an update to finish
+        # generating, and an update's prompt never evicts the turn's cached prefix.
+        self._updates: _Context | None = None
+        self._updates_made = anyio.Lock()
         self.path = path
         self._seed = seed
         self._context_window = context_window
         self._name = f"local/{path.stem}"
-        self._lock = anyio.Lock()
-        # Held by the worker thread: a cancelled request's thread may still be finishing.
-        self._thread_lock = threading.Lock()
         self._grammars: dict[str, str] = {}
         self._estimates: dict[str, int] = {}
         self._closed = False
@@ -392,12 +405,14 @@ class LocalModel:
             if on_text is not None and not stop.is_set():
                 anyio.from_thread.run(_send_text, on_text, piece)
 
-        async with self._lock:
+        context = await self._context_for(request.purpose)
+        async with context.lock:
             if self._closed:
                 raise ModelError("the local model is closed")
             try:
                 completion = await anyio.to_thread.run_sync(
                     self._complete,
+                    context,
                     prompt,
                     grammar,
                     budget,
@@ -410,6 +425,17 @@ class LocalModel:
                 stop.set()
         self.last_stats = completion.stats
         return self._response(completion, request.tools if constrained else ())
+
+    async def _context_for(self, purpose: str) -> _Context:
+        """Turns and blocking summaries share one context; memory updates have their own."""
+        if purpose != "session-memory":
+            return self._turns
+        async with self._updates_made:
+            if self._updates is None:
+                if self._closed:
+                    raise ModelError("the local model is closed")
+                self._updates = _Context(await anyio.to_thread.run_sync(self._load))
+            return self._updates
 
     def _response(self, completion: _Completion, tools: Sequence[ToolSpec]) -> ModelResponse:
         # llama.cpp reuses the KV cache of the longest prefix shared with the previous
@@ -447,6 +473,7 @@ class LocalModel:
 
     def _complete(
         self,
+        context: _Context,
         prompt: str,
         grammar: str | None,
         budget: int,
@@ -463,8 +490,8 @@ class LocalModel:
         generated under the grammar, so it always parses. Prose streams as it comes.
         With `force_call` the reply is a tool call from its first token.
         """
-        grammar_type: Any = _import_llama_cpp().LlamaGrammar
-        with self._thread_lock:
+        llm = context.llm
+        with context.thread_lock:
             tokens = self._tokenize(prompt, special=True, add_bos=True)
             room = self._context_window - len(tokens)
             if room < 16:
@@ -472,9 +499,9 @@ class LocalModel:
                     f"the prompt has {len(tokens)} tokens; the local model's window is "
                     f"{self._context_window}"
                 )
-            reused = _common_prefix(self._llm.input_ids, tokens)
+            reused = _common_prefix(llm.input_ids, tokens)
             started = time.perf_counter()
-            first = self._run(tokens, min(budget, room), None, stop, started)
+            first = self._run(llm, tokens, min(budget, room), None, stop, started)
             head = ""
             kind: ReplyKind | None = None if grammar else "text"
             if force_call and grammar is not None:
@@ -496,7 +523,9 @@ class LocalModel:
                 first_token_at = first.first_token_at
                 spent = first.tokens
                 first.close()
+                grammar_type: Any = _import_llama_cpp().LlamaGrammar
                 continuation = self._run(
+                    llm,
                     tokens + self._tokenize(CALL_OPEN, special=True, add_bos=False),
                     max(min(budget - spent, room - len(CALL_OPEN)), 16),
                     grammar_type.from_string(grammar, verbose=False),
@@ -524,13 +553,14 @@ class LocalModel:
 
     def _run(
         self,
+        llm: Any,
         tokens: list[int],
         max_tokens: int,
         grammar: Any,
         stop: threading.Event,
         started: float,
     ) -> _Stream:
-        chunks: Iterator[Any] = self._llm.create_completion(
+        chunks: Iterator[Any] = llm.create_completion(
             tokens,
             max_tokens=max_tokens,
             temperature=TEMPERATURE,
@@ -545,12 +575,25 @@ class LocalModel:
         return _Stream(chunks, stop)
 
     async def aclose(self) -> None:
-        async with self._lock:
+        async with self._updates_made:
             if self._closed:
                 return
             self._closed = True
-            with self._thread_lock, suppress(Exception):
-                self._llm.close()
+        for context in (self._turns, self._updates):
+            if context is not None:
+                async with context.lock:
+                    with context.thread_lock, suppress(Exception):
+                        context.llm.close()
+
+
+class _Context:
+    """One llama.cpp context and the locks that give it one request at a time."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.lock = anyio.Lock()
+        # Held by the worker thread: a cancelled request's thread may still be finishing.
+        self.thread_lock = threading.Lock()
 
 
 def _common_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
