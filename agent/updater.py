@@ -43,9 +43,9 @@ Current memory:
 <current-memory>
 {memory}
 </current-memory>
-
+{originals}
 {rules}
-
+{rejected}
 Subsections marked "(kept by tidemark)" are maintained by the runtime: do not write them.
 Write "# Current State" as three short lists: Done, In progress, Next.
 
@@ -92,6 +92,9 @@ class Snapshot:
     from_message_id: str | None  # first message not covered before this update
     context_tokens: int
     lag_tokens: int  # transcript tokens not covered by memory when the update starts
+    # Content the prefix lacks (shortened by compaction) that the update claims: sent in full
+    # after the shared prefix (see tidemark.coverage).
+    originals: str = ""
 
 
 class MemoryUpdater:
@@ -123,6 +126,8 @@ class MemoryUpdater:
         self.updates = self.document.update
         self.running = False
         self._usage: dict[str, int] = {}  # of the latest update's response, for its event
+        # Why the latest update was rejected: told to the next one, so it condenses.
+        self.rejection: str | None = None
         self._idle = anyio.Event()
         self._idle.set()
 
@@ -156,6 +161,8 @@ class MemoryUpdater:
             try:
                 document = await self._ask(snapshot, update)
             except (MemoryError, ModelError) as exc:
+                if isinstance(exc, MemoryError):
+                    self.rejection = str(exc)
                 self.events.emit(
                     "memory_update_failed", update=update, error=str(exc), **self._usage
                 )
@@ -172,6 +179,7 @@ class MemoryUpdater:
             with anyio.CancelScope(shield=True):
                 text = await anyio.to_thread.run_sync(self.store.save, document, self.record)
             self.document = document
+            self.rejection = None
             self.events.emit(
                 "memory_update_committed",
                 update=update,
@@ -191,6 +199,13 @@ class MemoryUpdater:
             memory=self.document.render(self.record).strip(),
             rules=describe_rules(
                 self.settings.memory_limit_tokens, self.settings.memory_section_limit_tokens
+            ),
+            originals=f"\n{snapshot.originals}\n" if snapshot.originals else "",
+            rejected=(
+                f"\nYour previous update was rejected and not written: {self.rejection}. "
+                "Condense the memory so this one fits.\n"
+                if self.rejection
+                else ""
             ),
         )
         request = ModelRequest(

@@ -147,7 +147,7 @@ def turns_between_compactions(events: list[dict[str, Any]]) -> list[int]:
 
 
 @pytest.mark.parametrize(("kind", "delay_s"), [("reads", 1.2), ("writes", 2.0), ("mixed", 2.0)])
-async def test_memory_far_behind_the_session_claims_nothing_it_did_not_see_and_compactions_reach_the_target(
+async def test_slow_memory_claims_only_what_it_saw_and_every_compaction_reaches_the_target(
     tmp_path: Path, kind: str, delay_s: float
 ) -> None:
     session = _session(tmp_path, kind)
@@ -209,3 +209,35 @@ async def test_a_rejected_update_tells_the_next_update_request_why(tmp_path: Pat
     reason = failed[0]["error"]
     assert reason in "\x00".join(_strings(requests[2].body["messages"][-1]))
     assert reason not in "\x00".join(_strings(requests[1].body["messages"][-1]))
+
+
+def test_resume_rebuilds_a_context_with_stubs_and_tombstones(tmp_path: Path) -> None:
+    from tidemark.compaction import CompactionBudget, clear_tool_results
+    from tidemark.messages import ToolResultBlock, ToolUseBlock
+    from tidemark.tokens import TokenCounter
+    from tidemark.transcript import TranscriptWriter
+
+    messages = [Message.user_text("Generate the reports.")]
+    for n in range(6):
+        use = ToolUseBlock(
+            id=f"toolu_{n}", name="write_file", input={"path": f"r{n}.py", "content": "x\n" * 3_000}
+        )
+        messages.append(Message(role="assistant", origin="model", content=[use]))
+        messages.append(
+            Message(
+                role="user",
+                origin="tools",
+                content=[ToolResultBlock(tool_use_id=use.id, content="wrote it " * 400)],
+            )
+        )
+    budget = CompactionBudget(target=2_000, limit=10**9, preamble=0, tail_min=0, tail_max=10**9)
+    result = clear_tool_results(messages, counter=TokenCounter(), budget=budget)
+    assert result.stubs > 0 and result.tool_results_cleared > 0
+    writer = TranscriptWriter(tmp_path / "transcript.jsonl")
+    for message in messages:
+        writer.message(message)
+    writer.context(result.context, result.summary)
+    writer.close()
+    state = load_transcript(tmp_path / "transcript.jsonl")
+    assert state.messages == messages
+    assert state.context == result.context
