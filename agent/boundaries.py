@@ -1,4 +1,4 @@
-"""Pure rules for cutting a transcript: safe summary boundaries, the kept tail, tombstones.
+"""Pure rules for cutting a transcript: safe summary boundaries, the kept tail, tombstones, stubs.
 
 No I/O, no clock. A *cut* at index ``i`` splits ``messages[:i]`` from ``messages[i:]``; it is
 safe when it separates no ``tool_use`` from its ``tool_result``. A *summary boundary* is the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from tidemark.messages import Message, ToolResultBlock, ToolUseBlock
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.tokens import message_text
 
 __all__ = [
@@ -18,7 +18,10 @@ __all__ = [
     "kept_tail_start",
     "last_safe_boundary",
     "latest_results_index",
+    "latest_turn_index",
     "request_problems",
+    "stub_long_content",
+    "stub_text",
     "tombstone_text",
     "tombstone_tool_results",
 ]
@@ -90,6 +93,17 @@ def latest_results_index(messages: Sequence[Message]) -> int:
     for j in range(len(messages) - 1, -1, -1):
         if messages[j].role == "assistant":
             return j + 1 if messages[j].tool_uses else len(messages)
+    return len(messages)
+
+
+def latest_turn_index(messages: Sequence[Message]) -> int:
+    """Index of the latest assistant message (its text and tool inputs are never stubbed).
+
+    Returns ``len(messages)`` when there is none.
+    """
+    for j in range(len(messages) - 1, -1, -1):
+        if messages[j].role == "assistant":
+            return j
     return len(messages)
 
 
@@ -210,3 +224,81 @@ def request_problems(messages: Sequence[Message]) -> list[str]:
             elif missing:
                 problems.append(f"messages.{n}: the request ends with unanswered tool_use")
     return problems
+
+
+# Shorter tool inputs and texts are left alone: their stub would save next to nothing.
+STUB_MIN_CHARS = 1_000
+
+
+def stub_text(what: str, text: str) -> str:
+    """One line standing for a long tool input or assistant text: what it was, how big."""
+    lines = text.count("\n") + 1
+    return f"[{what} cleared by tidemark to save context: {len(text):,} chars, {lines:,} lines]"
+
+
+def _stub_block(block: TextBlock | ToolUseBlock, min_chars: int) -> TextBlock | ToolUseBlock | None:
+    if block.stubbed:
+        return None
+    if isinstance(block, TextBlock):
+        if len(block.text) < min_chars:
+            return None
+        return block.model_copy(
+            update={"text": stub_text("earlier assistant text", block.text), "stubbed": True}
+        )
+    long = {
+        key: stub_text(f"{block.name} input {key!r}", value)
+        for key, value in block.input.items()
+        if isinstance(value, str) and len(value) >= min_chars
+    }
+    if not long:
+        return None
+    return block.model_copy(update={"input": {**block.input, **long}, "stubbed": True})
+
+
+def stub_long_content(
+    messages: Sequence[Message],
+    *,
+    tokens_to_free: int,
+    protect_from: int,
+    estimate: Callable[[str], int],
+    min_chars: int = STUB_MIN_CHARS,
+) -> tuple[list[Message], int, int]:
+    """Stub the oldest long assistant content in ``messages[:protect_from]`` until enough is freed.
+
+    Long string inputs of ``tool_use`` blocks (file contents written, long commands) and long
+    assistant texts become one-line stubs; ids, names and keys stay, so every tool pair and
+    every request stays valid. User messages, tool results and everything at or after
+    ``protect_from`` are never touched; stubbed blocks are skipped, so applying this twice
+    changes nothing more than once. Returns (new messages, blocks stubbed, tokens freed).
+    """
+    out = list(messages)
+    freed = 0
+    stubbed = 0
+    for i, message in enumerate(messages[:protect_from]):
+        if freed >= tokens_to_free:
+            break
+        if message.role != "assistant":
+            continue
+        blocks = list(message.content)
+        size = estimate(message_text(message))
+        changed = False
+        for k, block in enumerate(blocks):
+            if freed >= tokens_to_free:
+                break
+            if not isinstance(block, TextBlock | ToolUseBlock):
+                continue
+            new = _stub_block(block, min_chars)
+            if new is None:
+                continue
+            trial = [*blocks[:k], new, *blocks[k + 1 :]]
+            new_size = estimate(message_text(message.model_copy(update={"content": trial})))
+            if new_size >= size:
+                continue  # a stub would not be smaller
+            blocks = trial
+            freed += size - new_size
+            size = new_size
+            stubbed += 1
+            changed = True
+        if changed:
+            out[i] = message.model_copy(update={"content": blocks})
+    return out, stubbed, freed

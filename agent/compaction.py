@@ -6,7 +6,10 @@
    No model call.
 3. ``full_summary``: a blocking ``compact`` request, only when nothing above fits the window.
 
-The first two are pure functions of the context; only the last one talks to a model.
+When tombstones are not enough, the first two also stub old large tool inputs and long
+assistant texts (`shrink`), all in one batch down to the target. The first two are pure
+functions of the context; only the last one talks to a model. `reaches_target` says
+whether a result may be committed at all.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tidemark.boundaries import kept_tail_start, latest_results_index, tombstone_tool_results
+from tidemark.boundaries import (
+    kept_tail_start,
+    latest_results_index,
+    latest_turn_index,
+    stub_long_content,
+    tombstone_tool_results,
+)
 from tidemark.errors import ModelError
 from tidemark.messages import Message, TextBlock, Usage
 from tidemark.model import Model, ModelRequest, ToolSpec
@@ -26,6 +35,8 @@ __all__ = [
     "clear_tool_results",
     "compact_with_memory",
     "full_summary",
+    "reaches_target",
+    "shrink",
     "summary_message",
 ]
 
@@ -62,6 +73,43 @@ class CompactionResult:
     boundary_message_id: str | None
     tool_results_cleared: int
     usage: Usage | None = None  # of the blocking summary's request; None when none was made
+    stubs: int = 0  # tool inputs and assistant texts shortened to a stub
+    # Nothing shrinkable was left: the user's messages and the latest turn (and, with
+    # memory, what it does not cover yet) keep the context at this size.
+    exhausted: bool = False
+
+
+def reaches_target(result: CompactionResult, budget: CompactionBudget, ceiling: int) -> bool:
+    """Whether a compaction may be committed: it reaches the target, or comes as close as the
+    context allows and still lands under ``ceiling`` (the compaction threshold), so the
+    next compaction is not due at once."""
+    if result.post_tokens <= budget.target:
+        return True
+    return result.exhausted and result.post_tokens < ceiling
+
+
+def shrink(
+    messages: Sequence[Message], *, tokens_to_free: int, counter: TokenCounter
+) -> tuple[list[Message], int, int, bool]:
+    """Free ``tokens_to_free`` in one batch: tombstones first (oldest results), then stubs
+    (oldest long tool inputs and assistant texts). The latest turn and the user's messages
+    are never touched. Returns (messages, results cleared, stubs, exhausted)."""
+    out, cleared, freed = tombstone_tool_results(
+        messages,
+        tokens_to_free=tokens_to_free,
+        protect_from=latest_results_index(messages),
+        estimate=counter.estimate,
+    )
+    stubs = 0
+    if freed < tokens_to_free:
+        out, stubs, more = stub_long_content(
+            out,
+            tokens_to_free=tokens_to_free - freed,
+            protect_from=latest_turn_index(out),
+            estimate=counter.estimate,
+        )
+        freed += more
+    return out, cleared, stubs, freed < tokens_to_free
 
 
 def summary_message(summary: str, user_messages: Sequence[Message], *, source: str) -> Message:
@@ -141,16 +189,13 @@ def compact_with_memory(
     )
     fixed = budget.preamble + counter.message(summary)
     tail_tokens = sum(tokens[start:])
-    cleared = 0
-    if fixed + tail_tokens > budget.target:
-        tail, cleared, freed = tombstone_tool_results(
-            tail,
-            tokens_to_free=fixed + tail_tokens - budget.target,
-            protect_from=latest_results_index(tail),
-            estimate=counter.estimate,
-        )
+    # The kept tail stays under its cap and within what the memory leaves of the target.
+    excess = max(fixed + tail_tokens - budget.target, tail_tokens - budget.tail_max)
+    cleared = stubs = 0
+    exhausted = False
+    if excess > 0:
+        tail, cleared, stubs, exhausted = shrink(tail, tokens_to_free=excess, counter=counter)
         tail_tokens = counter.messages(tail)
-        del freed
     new_context = [summary, *tail]
     return CompactionResult(
         strategy="session_memory",
@@ -161,19 +206,19 @@ def compact_with_memory(
         messages_kept=len(tail),
         boundary_message_id=covers_message_id,
         tool_results_cleared=cleared,
+        stubs=stubs,
+        exhausted=exhausted,
     )
 
 
 def clear_tool_results(
     context: Sequence[Message], *, counter: TokenCounter, budget: CompactionBudget
 ) -> CompactionResult:
-    """Tombstone the oldest tool results until the target is met (or nothing is left)."""
+    """Tombstone the oldest tool results, then stub, until the target is met (or nothing is
+    left)."""
     total = budget.preamble + counter.messages(context)
-    new_context, cleared, _ = tombstone_tool_results(
-        context,
-        tokens_to_free=total - budget.target,
-        protect_from=latest_results_index(context),
-        estimate=counter.estimate,
+    new_context, cleared, stubs, exhausted = shrink(
+        context, tokens_to_free=total - budget.target, counter=counter
     )
     summary = context[0] if context and context[0].origin == "runtime" else None
     return CompactionResult(
@@ -185,6 +230,8 @@ def clear_tool_results(
         messages_kept=len(new_context),
         boundary_message_id=None,
         tool_results_cleared=cleared,
+        stubs=stubs,
+        exhausted=exhausted,
     )
 
 

@@ -139,6 +139,13 @@ class Compaction(TypedDict):
     tool_results_cleared: int
     memory_lag_tokens: NotRequired[int]
     threshold: NotRequired[int]
+    target: NotRequired[int]  # what post_tokens had to reach (half of the threshold)
+    stubs: NotRequired[int]  # tool inputs and assistant texts shortened to a stub
+    # The blocking summary's usage (full_summary only).
+    input_tokens: NotRequired[int]
+    output_tokens: NotRequired[int]
+    cache_read_input_tokens: NotRequired[int]
+    cache_creation_input_tokens: NotRequired[int]
 
 
 class CompactionFailed(TypedDict):

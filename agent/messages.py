@@ -51,6 +51,8 @@ class _Block(BaseModel):
 class TextBlock(_Block):
     type: Literal["text"] = "text"
     text: str
+    # True once compaction replaced a long assistant text by a one-line stub.
+    stubbed: bool = False
 
 
 class ThinkingBlock(_Block):
@@ -64,6 +66,8 @@ class ToolUseBlock(_Block):
     id: str
     name: str
     input: dict[str, Any] = Field(default_factory=dict[str, Any])
+    # True once compaction replaced its long string inputs by one-line stubs.
+    stubbed: bool = False
 
 
 class ToolResultBlock(_Block):

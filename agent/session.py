@@ -15,8 +15,10 @@ from tidemark.compaction import (
     clear_tool_results,
     compact_with_memory,
     full_summary,
+    reaches_target,
 )
 from tidemark.config import Settings
+from tidemark.coverage import claimable_boundary, originals_needed, render_originals
 from tidemark.errors import ModelError
 from tidemark.events import EventLog, EventSubscriber
 from tidemark.memory import MemoryDocument, MemoryStore, RuntimeRecord
@@ -27,7 +29,11 @@ from tidemark.tokens import TokenCounter
 from tidemark.transcript import SessionPaths, TranscriptState, TranscriptWriter
 from tidemark.updater import MemoryUpdater, Snapshot, UpdatePolicy
 
-__all__ = ["Session"]
+__all__ = ["MIN_TURNS_BETWEEN", "Session"]
+
+# Turns between two compactions while the request still fits the window: each compaction
+# rewrites the prompt cache, so one must buy many turns.
+MIN_TURNS_BETWEEN = 3
 
 _READS = {"read_file"}
 _WRITES = {"write_file", "edit_file"}
@@ -62,6 +68,7 @@ class Session:
         self.record = RuntimeRecord()
         self.compactions = 0
         self.turns = 0
+        self._compacted_turn: int | None = None  # the turn of the latest compaction
         # Real tokens per estimated token, from the latest response's usage: compaction
         # plans in estimates, so its budget is scaled to land under the real target.
         self.calibration = 1.0
@@ -221,17 +228,46 @@ class Session:
         )
         if needed * self._calibrate() > room:
             return  # would not fit the window; the next compaction makes room
+        claim = self._claim(j, covered, room=int(room / self.calibration) - needed)
+        if claim is None:
+            return
+        position, originals = claim
         snapshot = Snapshot(
             messages=self.context[: j + 1],
-            boundary_id=boundary.id,
+            boundary_id=self.transcript[position].id,
             boundary_index=position,
             from_message_id=self.transcript[covered + 1].id,
             context_tokens=self.context_tokens(),
             lag_tokens=self.memory_lag_tokens(),
+            originals=originals,
         )
         self.policy.taken(self.cumulative[position])
         update = self.updater.begin()
         self._tg.start_soon(self._run_update, update, snapshot)
+
+    def _claim(self, j: int, covered: int, *, room: int) -> tuple[int, str] | None:
+        """How far an update over ``context[:j + 1]`` may move the memory's boundary.
+
+        Content compaction shortened in the uncovered part goes along in full (after the
+        shared prefix, so the cache still holds); what does not fit is not claimed.
+        Returns (transcript position of the new boundary, the originals as text) or None.
+        """
+        prefix = self.context[: j + 1]
+        last = self.positions[prefix[-1].id]
+        needed = originals_needed(
+            prefix, self.transcript, self.positions, first=covered + 1, last=last
+        )
+        position, carried = claimable_boundary(
+            self.transcript,
+            needed,
+            covered=covered,
+            boundary=last,
+            room=room,
+            estimate=self.counter.estimate,
+        )
+        if position is None:
+            return None
+        return position, render_originals(carried, self.transcript)
 
     async def _run_update(self, update: int, snapshot: Snapshot) -> None:
         await self.updater.run(update, snapshot)
@@ -268,17 +304,30 @@ class Session:
         )
 
     async def compact_if_needed(self, *, force: bool = False) -> CompactionResult | None:
-        """Shrink the context when the next request would pass --compact-at."""
+        """Shrink the context when the next request would pass --compact-at.
+
+        A compaction is committed only when it reaches the target (or as close as the
+        context allows, under the threshold), and not within `MIN_TURNS_BETWEEN` turns of
+        the previous one while the request still fits the window: each one rewrites the
+        prompt cache.
+        """
         pre = self.context_tokens()
-        if pre <= self.settings.compaction_threshold and not force:
-            return None
+        fits_window = pre <= self.settings.context_window - self.settings.max_output_tokens
+        if not force:
+            if pre <= self.settings.compaction_threshold:
+                return None
+            recent = self._compacted_turn is not None and (
+                self.turns - self._compacted_turn < MIN_TURNS_BETWEEN
+            )
+            if recent and fits_window:
+                return None
         started = anyio.current_time()
         waited = await self.updater.wait_idle(self.settings.compaction_wait_ms / 1000)
         self._calibrate()
         budget = self.budget()
-        result = self._instant(budget)
-        if force and result is not None and result.tool_results_cleared == 0:
-            result = None if result.strategy == "tool_result_clearing" else result
+        result = self._instant(budget, force=force)
+        if result is None and fits_window and not force:
+            return None  # nothing reaches the target and the request still fits: wait
         if result is None:
             self.events.emit(
                 "notice",
@@ -300,11 +349,10 @@ class Session:
             except ModelError as exc:
                 self.events.emit("compaction_failed", strategy="full_summary", error=str(exc))
                 return None
-        elif result.strategy == "tool_result_clearing" and result.tool_results_cleared == 0:
-            return None  # nothing to clear and the context still fits the window
         self.context = result.context
         self._anchor = None
         self.compactions += 1
+        self._compacted_turn = self.turns
         self._writer.context(self.context, result.summary)
         self.events.emit(
             "compaction",
@@ -317,13 +365,18 @@ class Session:
             duration_ms=round((anyio.current_time() - started) * 1000, 3),
             waited_for_update_ms=round(waited, 3),
             tool_results_cleared=result.tool_results_cleared,
+            stubs=result.stubs,
             memory_lag_tokens=self.memory_lag_tokens(),
             threshold=self.settings.compaction_threshold,
+            target=self.settings.compaction_target,
             **_usage_keys(result.usage),
         )
         return result
 
-    def _instant(self, budget: CompactionBudget) -> CompactionResult | None:
+    def _instant(self, budget: CompactionBudget, *, force: bool = False) -> CompactionResult | None:
+        """The best instant compaction that may be committed, or None."""
+        ceiling = int(self.settings.compaction_threshold / self.calibration)
+        candidates: list[CompactionResult] = []
         document = self.updater.document
         if not document.is_empty and document.covers_message_id in self.positions:
             result = compact_with_memory(
@@ -335,10 +388,19 @@ class Session:
                 counter=self.counter,
                 budget=budget,
             )
-            if result is not None and result.post_tokens <= budget.limit:
-                return result
-        result = clear_tool_results(self.context, counter=self.counter, budget=budget)
-        return result if result.post_tokens <= budget.limit else None
+            if result is not None:
+                if result.post_tokens <= budget.target:
+                    return result
+                candidates.append(result)
+        candidates.append(clear_tool_results(self.context, counter=self.counter, budget=budget))
+        fitting = [r for r in candidates if r.post_tokens <= budget.limit]
+        if force:
+            # The window rejected the request: anything that frees tokens and fits will do.
+            current = self.preamble_tokens + self.counter.messages(self.context)
+            fitting = [r for r in fitting if r.post_tokens < current]
+        else:
+            fitting = [r for r in fitting if reaches_target(r, budget, ceiling)]
+        return min(fitting, key=lambda r: r.post_tokens, default=None)
 
     # -- resume and close --------------------------------------------------------------------
 

@@ -38,15 +38,23 @@ def message_text(message: Message) -> str:
 class TokenCounter:
     """Estimates message sizes with the model's estimator; each message is counted once.
 
-    Keyed by id and content length, so a tombstoned copy of a message is recounted.
+    Keyed by id, content length and stubbed blocks, so a tombstoned or stubbed copy of a
+    message is recounted (a stubbed tool input keeps its keys, so its length alone would not
+    tell).
     """
 
     def __init__(self, estimate: Callable[[str], int] = chars_estimate) -> None:
         self.estimate = estimate
-        self._cache: dict[tuple[str, int], int] = {}
+        self._cache: dict[tuple[str, int, int], int] = {}
 
     def message(self, message: Message) -> int:
-        key = (message.id, sum(_block_len(b) for b in message.content))
+        key = (
+            message.id,
+            sum(_block_len(b) for b in message.content),
+            sum(
+                1 for b in message.content if isinstance(b, TextBlock | ToolUseBlock) and b.stubbed
+            ),
+        )
         cached = self._cache.get(key)
         if cached is None:
             cached = (

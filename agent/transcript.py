@@ -3,7 +3,8 @@
 transcript.jsonl holds two kinds of records, one per line:
     {"type": "message", "message": {...}}              every message, as it happens
     {"type": "context", "summary": {...} | null,        after each compaction: what the
-     "message_ids": [...], "tombstones": {id: text}}    context became
+     "message_ids": [...], "tombstones": {id: text},    context became (stubs: the content
+     "stubs": {message id: [blocks]}}                    of messages with stubbed blocks)
 Resume replays them: all messages form the transcript; the context is the last `context`
 record (summary + listed messages, tombstones applied) plus every message after it. A record
 that is JSON but not a valid record (a damaged disk, a hand edit) is skipped with a warning,
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -108,12 +110,18 @@ class TranscriptWriter:
         tombstones = {
             b.tool_use_id: b.content for m in context for b in m.tool_results if b.tombstoned
         }
+        stubs = {
+            m.id: [b.model_dump(mode="json") for b in m.content]
+            for m in context
+            if any(isinstance(b, TextBlock | ToolUseBlock) and b.stubbed for b in m.content)
+        }
         self._out.append(
             {
                 "type": "context",
                 "summary": summary.model_dump(mode="json") if summary else None,
                 "message_ids": [m.id for m in context if summary is None or m.id != summary.id],
                 "tombstones": tombstones,
+                "stubs": stubs,
             }
         )
 
@@ -142,13 +150,19 @@ def load_transcript(path: Path) -> TranscriptState:
             elif record.get("type") == "context":
                 summary_raw = record.get("summary")
                 tombstones: dict[str, str] = record.get("tombstones") or {}
+                stubs: dict[str, list[Any]] = record.get("stubs") or {}
                 context: list[Message] = []
                 if summary_raw:
                     context.append(Message.model_validate(summary_raw))
                 message_ids: list[str] = record.get("message_ids") or []
                 for message_id in message_ids:
                     if message_id in by_id:
-                        context.append(_apply_tombstones(by_id[message_id], tombstones))
+                        message = by_id[message_id]
+                        if message_id in stubs:
+                            message = Message.model_validate(
+                                {**message.model_dump(), "content": stubs[message_id]}
+                            )
+                        context.append(_apply_tombstones(message, tombstones))
                 state.context = context
                 state.compactions += 1
         except (ValidationError, KeyError, TypeError, AttributeError) as exc:

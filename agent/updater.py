@@ -43,9 +43,9 @@ Current memory:
 <current-memory>
 {memory}
 </current-memory>
-
+{originals}
 {rules}
-
+{rejected}
 Subsections marked "(kept by tidemark)" are maintained by the runtime: do not write them.
 Write "# Current State" as three short lists: Done, In progress, Next.
 
@@ -92,6 +92,9 @@ class Snapshot:
     from_message_id: str | None  # first message not covered before this update
     context_tokens: int
     lag_tokens: int  # transcript tokens not covered by memory when the update starts
+    # Content the prefix lacks (shortened by compaction) that the update claims: sent in full
+    # after the shared prefix (see tidemark.coverage).
+    originals: str = ""
 
 
 class MemoryUpdater:
@@ -125,6 +128,8 @@ class MemoryUpdater:
         self._usage: dict[str, int] = {}  # of the latest update's response, for its event
         self.failures = 0  # updates that failed in a row
         self._skip = 0  # due updates still to let pass before the next try (the backoff)
+        # Why the latest update was rejected: told to the next one, so it condenses.
+        self.rejection: str | None = None
         self._idle = anyio.Event()
         self._idle.set()
 
@@ -187,7 +192,7 @@ class MemoryUpdater:
                 with anyio.CancelScope(shield=True):
                     text = await anyio.to_thread.run_sync(self.store.save, document, self.record)
             except TimeoutError:
-                self._failed(update, MemoryUpdateError(f"timed out after {timeout:g} s"))
+                self._failed(update, TimeoutError(f"timed out after {timeout:g} s"))
                 return
             except anyio.get_cancelled_exc_class():
                 self.events.emit(
@@ -201,6 +206,7 @@ class MemoryUpdater:
                 return
             self.failures = 0
             self.document = document
+            self.rejection = None
             self.events.emit(
                 "memory_update_committed",
                 update=update,
@@ -215,6 +221,8 @@ class MemoryUpdater:
             self._idle.set()
 
     def _failed(self, update: int, exc: Exception) -> None:
+        if isinstance(exc, MemoryUpdateError):
+            self.rejection = str(exc)  # the next update request is told why
         self.failures += 1
         self._skip = min(2 ** (self.failures - 1) - 1, 16)
         known = isinstance(exc, MemoryUpdateError | ModelError)
@@ -233,6 +241,13 @@ class MemoryUpdater:
             memory=self.document.render(self.record).strip(),
             rules=describe_rules(
                 self.settings.memory_limit_tokens, self.settings.memory_section_limit_tokens
+            ),
+            originals=f"\n{snapshot.originals}\n" if snapshot.originals else "",
+            rejected=(
+                f"\nYour previous update was rejected and not written: {self.rejection}. "
+                "Condense the memory so this one fits.\n"
+                if self.rejection
+                else ""
             ),
         )
         request = ModelRequest(

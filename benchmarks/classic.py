@@ -39,7 +39,7 @@ class BlockingSession(Session):
     def schedule_update(self) -> None:
         return None
 
-    def _instant(self, budget: CompactionBudget) -> CompactionResult | None:
+    def _instant(self, budget: CompactionBudget, *, force: bool = False) -> CompactionResult | None:
         return None
 
 

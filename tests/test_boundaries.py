@@ -1,4 +1,4 @@
-"""Properties of the pure cut rules: safe cuts, summary boundaries, kept tail, tombstones."""
+"""Properties of the pure cut rules: safe cuts, summary boundaries, kept tail, tombstones, stubs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from tidemark.boundaries import (
     kept_tail_start,
     last_safe_boundary,
     latest_results_index,
+    latest_turn_index,
     request_problems,
+    stub_long_content,
     tombstone_text,
     tombstone_tool_results,
 )
@@ -373,3 +375,119 @@ def test_tombstoning_leaves_small_results_and_protected_results_alone() -> None:
     first = out[4].tool_results[0]
     assert first.tombstoned and "bash(command='ls')" in first.content
     assert freed > 1_900
+
+
+# -- stubs: long tool inputs and assistant texts ----------------------------------------------
+
+
+def _with_long_content(session: GeneratedSession, data: st.DataObject) -> list[Message]:
+    """The session's messages, some assistant turns given a long text or a large input."""
+    out: list[Message] = []
+    for message in session.requestable:
+        if message.role == "assistant" and data.draw(st.booleans(), label="lengthen"):
+            size = data.draw(st.integers(0, 12_000), label="size")
+            blocks = list(message.content)
+            k = data.draw(st.integers(0, len(blocks) - 1), label="block")
+            block = blocks[k]
+            if isinstance(block, TextBlock):
+                blocks[k] = block.model_copy(update={"text": tool_output(size) or "ok"})
+            elif isinstance(block, ToolUseBlock):
+                blocks[k] = block.model_copy(
+                    update={"input": {**block.input, "content": tool_output(size)}}
+                )
+            message = message.model_copy(update={"content": blocks})
+        out.append(message)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(sessions(pending=False), st.data())
+def test_stubs_keep_every_pair_valid_and_touch_only_older_assistant_content(
+    session: GeneratedSession, data: st.DataObject
+) -> None:
+    messages = _with_long_content(session, data)
+    protect_from = latest_turn_index(messages)
+    wanted = data.draw(st.integers(0, 80_000), label="tokens_to_free")
+    out, stubbed, freed = stub_long_content(
+        messages, tokens_to_free=wanted, protect_from=protect_from, estimate=chars_estimate
+    )
+    assert len(out) == len(messages)
+    newly = 0
+    for before, after in zip(messages, out, strict=True):
+        assert (after.id, after.role, after.origin) == (before.id, before.role, before.origin)
+        if before.role == "user":
+            assert after == before  # the user's words and tool results are never stubbed
+            continue
+        for b, a in zip(before.content, after.content, strict=True):
+            if a == b:
+                continue
+            newly += 1
+            assert isinstance(a, TextBlock | ToolUseBlock) and a.stubbed
+            if isinstance(b, ToolUseBlock):
+                assert isinstance(a, ToolUseBlock)
+                assert (a.id, a.name, a.input.keys()) == (b.id, b.name, b.input.keys())
+                for key, value in a.input.items():
+                    if value != b.input[key]:
+                        assert isinstance(value, str) and "\n" not in value
+            else:
+                assert isinstance(a, TextBlock) and "\n" not in a.text
+    assert out[protect_from:] == messages[protect_from:]  # the latest turn is untouched
+    assert stubbed == newly
+    counter = TokenCounter()
+    assert freed == counter.messages(messages) - counter.messages(out)
+    assert counter.messages(out) <= counter.messages(messages)  # never grows the context
+    assert request_problems(out) == []
+    assert api_error(out) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(sessions(pending=False), st.data())
+def test_stubbing_twice_stubs_nothing_more_and_frees_what_was_asked_when_it_can(
+    session: GeneratedSession, data: st.DataObject
+) -> None:
+    messages = _with_long_content(session, data)
+    protect_from = latest_turn_index(messages)
+    wanted = data.draw(st.integers(0, 40_000), label="tokens_to_free")
+    out, _, freed = stub_long_content(
+        messages, tokens_to_free=wanted, protect_from=protect_from, estimate=chars_estimate
+    )
+    again, stubbed, _ = stub_long_content(
+        out,
+        tokens_to_free=max(0, wanted - freed),
+        protect_from=protect_from,
+        estimate=chars_estimate,
+    )
+    assert stubbed == 0 and again == out
+    _, _, everything = stub_long_content(
+        messages, tokens_to_free=10**12, protect_from=protect_from, estimate=chars_estimate
+    )
+    if everything >= wanted:
+        assert freed >= wanted
+
+
+def test_a_stub_says_what_was_cleared_and_how_big_in_one_line() -> None:
+    content = "line\n" * 2_000
+    write = ToolUseBlock(
+        id="toolu_1", name="write_file", input={"path": "a.py", "content": content}
+    )
+    messages = [
+        _ask("Write a.py."),
+        Message(role="assistant", origin="model", content=[write]),
+        Message(
+            role="user",
+            origin="tools",
+            content=[ToolResultBlock(tool_use_id="toolu_1", content="ok")],
+        ),
+        Message(role="assistant", origin="model", content=[TextBlock(text="Done.")]),
+    ]
+    out, stubbed, _ = stub_long_content(
+        messages,
+        tokens_to_free=10**9,
+        protect_from=latest_turn_index(messages),
+        estimate=chars_estimate,
+    )
+    assert stubbed == 1
+    stub = out[1].tool_uses[0]
+    assert stub.input["path"] == "a.py"  # short inputs stay
+    assert "write_file" in stub.input["content"] and "10,000 chars" in stub.input["content"]
+    assert "2,001 lines" in stub.input["content"] and "\n" not in stub.input["content"]

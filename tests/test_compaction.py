@@ -1,4 +1,4 @@
-"""Properties of instant compaction (memory + kept tail, tool-result clearing) and examples."""
+"""Properties of instant compaction (memory + tail, result clearing, stubs) and examples."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from tidemark.boundaries import (
     last_safe_boundary,
     latest_results_index,
     request_problems,
-    tombstone_tool_results,
 )
 from tidemark.compaction import (
     SUMMARY_HEADER,
@@ -23,6 +22,7 @@ from tidemark.compaction import (
     clear_tool_results,
     compact_with_memory,
     full_summary,
+    shrink,
     summary_message,
 )
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
@@ -51,7 +51,8 @@ _MEMORY = st.integers(0, 24_000).map(
 
 
 def _same_or_tombstoned(before: Message, after: Message) -> bool:
-    """Equal, except that tool results may have been replaced by tombstones."""
+    """Equal, except that tool results may have been replaced by tombstones, and an assistant
+    message's long texts and tool inputs by stubs (same ids, names and input keys)."""
     if (before.id, before.role, before.origin) != (after.id, after.role, after.origin):
         return False
     if len(before.content) != len(after.content):
@@ -59,9 +60,18 @@ def _same_or_tombstoned(before: Message, after: Message) -> bool:
     for b, a in zip(before.content, after.content, strict=True):
         if a == b:
             continue
-        if not (isinstance(b, ToolResultBlock) and isinstance(a, ToolResultBlock)):
-            return False
-        if (a.tool_use_id, a.is_error) != (b.tool_use_id, b.is_error) or not a.tombstoned:
+        if isinstance(b, ToolResultBlock) and isinstance(a, ToolResultBlock):
+            if (a.tool_use_id, a.is_error) != (b.tool_use_id, b.is_error) or not a.tombstoned:
+                return False
+        elif isinstance(b, ToolUseBlock) and isinstance(a, ToolUseBlock):
+            if before.role != "assistant" or not a.stubbed or (a.id, a.name) != (b.id, b.name):
+                return False
+            if a.input.keys() != b.input.keys():
+                return False
+        elif isinstance(b, TextBlock) and isinstance(a, TextBlock):
+            if before.role != "assistant" or not a.stubbed or len(a.text) >= len(b.text):
+                return False
+        else:
             return False
     return True
 
@@ -156,7 +166,7 @@ def test_compaction_with_memory_keeps_everything_uncovered_and_leaves_a_valid_re
     assert result.post_tokens == _recount(result, budget)
     assert result.messages_kept == len(new) - 1
     assert result.messages_dropped == len(context) - result.messages_kept
-    assert result.tool_results_cleared == _newly_tombstoned(context, new)
+    assert result.tool_results_cleared + result.stubs == _newly_tombstoned(context, new)
 
     # Within the target whenever the transcript allows: the uncovered part and the latest
     # turn alone, every result but the latest turn's tombstoned, under its summary, fit.
@@ -169,12 +179,7 @@ def test_compaction_with_memory_keeps_everything_uncovered_and_leaves_a_valid_re
     position = session.positions[tail[0].id] if tail else len(session.transcript)
     users = [m for m in session.transcript[:position] if m.is_users_own]
     summary = summary_message(memory, users, source="session memory")
-    thinnest, _, _ = tombstone_tool_results(
-        tail,
-        tokens_to_free=10**12,
-        protect_from=latest_results_index(tail),
-        estimate=counter.estimate,
-    )
+    thinnest, _, _, _ = shrink(tail, tokens_to_free=10**12, counter=counter)
     best = preamble + counter.message(summary) + counter.messages(thinnest)
     if best <= budget.target:
         assert result.post_tokens <= budget.target, (best, budget.target)
@@ -230,22 +235,17 @@ def test_clearing_tool_results_keeps_every_message_and_meets_the_target_when_it_
     _users_own_kept(session.transcript[: session.positions[context[-1].id] + 1], result)
     _latest_results_untouched(context, result)
     assert result.post_tokens == _recount(result, budget)
-    assert result.tool_results_cleared == _newly_tombstoned(context, new)
+    assert result.tool_results_cleared + result.stubs == _newly_tombstoned(context, new)
     assert (result.messages_dropped, result.messages_kept) == (0, len(new))
 
-    thinnest, _, _ = tombstone_tool_results(
-        context,
-        tokens_to_free=10**12,
-        protect_from=latest_results_index(context),
-        estimate=counter.estimate,
-    )
+    thinnest, _, _, _ = shrink(context, tokens_to_free=10**12, counter=counter)
     if preamble + counter.messages(thinnest) <= budget.target:
         assert result.post_tokens <= budget.target
     else:
         assert new == thinnest  # it cleared everything it could
 
     again = clear_tool_results(new, counter=counter, budget=budget)
-    assert again.tool_results_cleared == 0
+    assert again.tool_results_cleared == again.stubs == 0
     assert again.context == new
 
 
@@ -399,4 +399,59 @@ def test_the_latest_turns_results_stay_even_when_memory_already_covers_them() ->
     # 4,000 tokens of results: more than the tail cap and the target, but never dropped.
     assert result.context[1:] == transcript[-3:]
     assert result.post_tokens > 3_000
+    _valid(result.context)
+
+
+def test_the_kept_tail_cap_holds_when_memory_lags_far_behind() -> None:
+    # Default settings (--compact-at 167,000): target 83,500, kept-tail cap 40,000. The
+    # memory covers only the task; ~60,000 tokens came after it.
+    transcript, positions = _session(
+        [Message.user_text("Read every module.")], *(_turn(n, 16_000) for n in range(1, 16))
+    )
+    budget = _budget(167_000, 3_000)
+    counter = TokenCounter()
+    result = compact_with_memory(
+        transcript,
+        transcript,
+        positions,
+        memory_text="# Current State\nStarted.",
+        covers_message_id=transcript[0].id,
+        counter=counter,
+        budget=budget,
+    )
+    assert result is not None
+    assert counter.messages(transcript[1:]) > 55_000
+    assert [m.id for m in result.context[1:]] == [m.id for m in transcript[1:]]  # none dropped
+    assert counter.messages(result.context[1:]) <= budget.tail_max
+    assert result.tool_results_cleared > 0
+    assert result.context[-1] == transcript[-1]
+    _valid(result.context)
+
+
+def test_clearing_stubs_large_written_files_when_tombstones_are_not_enough() -> None:
+    def write(n: int) -> list[Message]:
+        use = ToolUseBlock(
+            id=f"toolu_{n}",
+            name="write_file",
+            input={"path": f"src/gen_{n}.py", "content": tool_output(6_000, seed=n)},
+        )
+        return [
+            Message(role="assistant", origin="model", content=[use]),
+            Message(
+                role="user",
+                origin="tools",
+                content=[ToolResultBlock(tool_use_id=use.id, content=f"wrote src/gen_{n}.py")],
+            ),
+        ]
+
+    transcript, _ = _session([Message.user_text("Generate the modules.")], *map(write, range(12)))
+    budget = _budget(20_000, 500)
+    result = clear_tool_results(transcript, counter=TokenCounter(), budget=budget)
+    assert result.tool_results_cleared == 0  # the results are tiny: nothing to gain there
+    assert result.stubs > 0
+    assert result.post_tokens <= budget.target
+    assert result.context[-2:] == transcript[-2:]  # the latest turn stays verbatim
+    stubbed = result.context[1].tool_uses[0]
+    assert stubbed.stubbed and stubbed.input["path"] == "src/gen_0.py"
+    assert "6,000 chars" in stubbed.input["content"]
     _valid(result.context)

@@ -14,13 +14,37 @@ from typing import Any
 
 from tests.support.fakeapi import RecordedRequest, Reply, Script, text, tool_calls
 
-__all__ = ["LongSession", "document_reply", "memory_reply", "summary_text", "write_repository"]
+__all__ = [
+    "FACT_RE",
+    "LongSession",
+    "document_reply",
+    "facts_in",
+    "memory_reply",
+    "planted_fact",
+    "summary_text",
+    "write_repository",
+]
+
+# Facts planted in the session's files, one per file (a constant's value): benchmarks count
+# how many of those the session has seen are still in its context or memory.
+FACT_RE = re.compile(r"fact-[a-z]-\d{2}-\d{5}")
+
+
+def planted_fact(kind: str, n: int) -> str:
+    """The fact planted in file `n` of a kind ("m" modules read, "w" files written)."""
+    return f"fact-{kind}-{n:02d}-{(n * 7919 + 104729) % 100_000:05d}"
+
+
+def facts_in(text: str) -> set[str]:
+    return set(FACT_RE.findall(text))
+
 
 _MODULE = '''"""Module {n}: helpers for the inventory service (part {n})."""
 
 
 def price_{n}(quantity: int, unit: float) -> float:
     """Total price of {{quantity}} items at {{unit}} each, with the bulk discount."""
+    # Inventory code of this report: {fact}
     total = quantity * unit
     if quantity > 100:
         total *= 0.9
@@ -36,7 +60,7 @@ def write_repository(root: Path, files: int, lines_per_file: int) -> list[str]:
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text("")
     for n in range(files):
-        body = [_MODULE.format(n=n)]
+        body = [_MODULE.format(n=n, fact=planted_fact("m", n))]
         for k in range(max(0, lines_per_file - 12) // 6):
             body.append(
                 f"def helper_{n}_{k}(values: list[int]) -> int:\n"
@@ -56,32 +80,69 @@ def write_repository(root: Path, files: int, lines_per_file: int) -> list[str]:
     return names
 
 
+def written_module(n: int, tokens: int) -> str:
+    """The content of the `n`-th file a write-heavy session writes: about `tokens` tokens."""
+    head = (
+        f'"""Generated report {n}: one table per region."""\n\n'
+        f'REPORT_CODE = "{planted_fact("w", n)}"\n\n\n'
+    )
+    parts = [head]
+    k = 0
+    while sum(map(len, parts)) < tokens * 4:
+        parts.append(
+            f"def region_{n}_{k}(rows: list[dict[str, int]]) -> int:\n"
+            f"    # Units shipped to region {k} in report {n}.\n"
+            f"    return sum(r.get('units', 0) for r in rows if r.get('region') == {k})\n\n\n"
+        )
+        k += 1
+    return "".join(parts)[: tokens * 4]
+
+
 @dataclass
 class LongSession:
-    """The model's side of the session: `reads` file-reading turns, then the fix."""
+    """The model's side of the session: `reads` file-reading turns, then the fix.
+
+    With `writes`, the session also writes that many new files of about `write_tokens`
+    tokens each (large `tool_use` inputs): after the reads, or alternating with them when
+    `interleave` is set (a mixed session).
+    """
 
     files: list[str]
     reads: int = 60
     parallel_every: int = 5
+    writes: int = 0
+    write_tokens: int = 1500
+    interleave: bool = False
+
+    def _read(self, i: int) -> Reply:
+        path = self.files[i % len(self.files)]
+        if self.parallel_every and i % self.parallel_every == self.parallel_every - 1:
+            other = self.files[(i + 7) % len(self.files)]
+            return tool_calls(
+                ("read_file", {"path": path}),
+                ("read_file", {"path": other}),
+                text=f"Reading {path} and {other} together.",
+            )
+        return tool_calls(("read_file", {"path": path}))
+
+    def _write(self, n: int) -> Reply:
+        path = f"reports/report_{n:02d}.py"
+        return tool_calls(
+            ("write_file", {"path": path, "content": written_module(n, self.write_tokens)})
+        )
 
     def turns(self) -> list[Reply]:
         turns: list[Reply] = [
             tool_calls(("list_files", {"path": "."}), text="Let me look at the repository."),
             tool_calls(("grep", {"pattern": "def restock", "path": "."})),
         ]
-        for i in range(self.reads):
-            path = self.files[i % len(self.files)]
-            if self.parallel_every and i % self.parallel_every == self.parallel_every - 1:
-                other = self.files[(i + 7) % len(self.files)]
-                turns.append(
-                    tool_calls(
-                        ("read_file", {"path": path}),
-                        ("read_file", {"path": other}),
-                        text=f"Reading {path} and {other} together.",
-                    )
-                )
-            else:
-                turns.append(tool_calls(("read_file", {"path": path})))
+        reads = [self._read(i) for i in range(self.reads)]
+        writes = [self._write(n) for n in range(self.writes)]
+        if self.interleave:
+            for k in range(max(len(reads), len(writes))):
+                turns += reads[k : k + 1] + writes[k : k + 1]
+        else:
+            turns += reads + writes
         turns += [
             tool_calls(("read_file", {"path": "inventory/stock.py"})),
             tool_calls(
@@ -118,6 +179,8 @@ def memory_reply(request: RecordedRequest, output_tokens: int | None = None) -> 
         f"- Done: read {len(seen)} files ({listed}).\n"
         "- In progress: looking for the restock bug.\n"
         "- Next: fix inventory/stock.py and run test_stock.py.\n\n"
+        "# Key results\n"
+        f"- Codes seen: {', '.join(sorted(facts_in(str(body)))) or 'none yet'}.\n\n"
         "# Worklog\n"
         f"- Read {len(seen)} files so far.\n"
     )
@@ -147,7 +210,8 @@ def summary_text(request: RecordedRequest, tokens: int = 3000) -> str:
         "# Codebase and System Documentation\n"
         "inventory/ holds one module per report; stock.py holds restock().\n\n"
         "# Learnings\nThe modules are independent; only stock.py matters for the bug.\n\n"
-        "# Key results\nNone yet.\n\n"
+        "# Key results\n"
+        f"- Codes seen: {', '.join(sorted(facts_in(body))) or 'none yet'}.\n\n"
     )
     budget = max(0, tokens * 4 - len(head) - len(tail) - 60)
     files: list[str] = []
