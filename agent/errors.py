@@ -6,6 +6,7 @@
     ├── ModelError             the model failed after retries (exit 1)
     │   └── ContextTooLongError  the request exceeds the model's window
     ├── TurnLimitError         the agent hit --max-turns (exit 1)
+    ├── NoAnswerError          the run ended without an answer: empty reply, repeated calls (exit 1)
     └── ProviderUnavailableError  the provider cannot be loaded (extra/model missing, exit 2)
 
 Tools raise `tools.ToolError`; the model sees it as an `is_error` tool result and the run
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ContextTooLongError",
     "ModelError",
+    "NoAnswerError",
     "ProviderUnavailableError",
     "TidemarkError",
     "TurnLimitError",
@@ -50,4 +52,10 @@ class ContextTooLongError(ModelError):
 
 
 class TurnLimitError(TidemarkError):
+    exit_code = 1
+
+
+class NoAnswerError(TidemarkError):
+    """The model stopped without answering (an empty reply, or the same calls over and over)."""
+
     exit_code = 1

@@ -9,10 +9,16 @@ from typing import Literal
 import anyio
 
 from tidemark.config import Settings
-from tidemark.errors import ContextTooLongError, TidemarkError, TurnLimitError, WorkspaceError
+from tidemark.errors import (
+    ContextTooLongError,
+    NoAnswerError,
+    TidemarkError,
+    TurnLimitError,
+    WorkspaceError,
+)
 from tidemark.events import EventSubscriber
-from tidemark.messages import Message, TextBlock, ToolResultBlock
-from tidemark.model import Model, ToolSpec
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.model import Model, ModelResponse, ToolSpec
 from tidemark.prompts import system_prompt
 from tidemark.session import Session
 from tidemark.tool_turn import ToolTurns
@@ -29,7 +35,17 @@ from tidemark.transcript import SessionPaths, load_transcript
 
 __all__ = ["Agent", "RunResult"]
 
-Outcome = Literal["finished", "turn_limit", "interrupted", "nothing_to_do", "failed"]
+Outcome = Literal[
+    "finished",
+    "turn_limit",
+    "empty_reply",
+    "repeated_calls",
+    "interrupted",
+    "nothing_to_do",
+    "failed",
+]
+# Runs that ended without an answer: exit 1, and `run` raises.
+_UNFINISHED: dict[str, int] = {"turn_limit": 1, "empty_reply": 1, "repeated_calls": 1}
 
 INTERRUPTED = "interrupted: the run stopped before this call finished; run it again if needed"
 CUT_OFF = "Your reply was cut off at the output limit. Continue where you stopped."
@@ -137,7 +153,7 @@ class Agent:
             # Synchronous, so a cancellation cannot cut it short: the transcript ends valid.
             _answer_pending(session)
             code = (
-                failure.exit_code if failure else {"finished": 0, "turn_limit": 1}.get(outcome, 130)
+                failure.exit_code if failure else {"finished": 0, **_UNFINISHED}.get(outcome, 130)
             )
             session.events.emit(
                 "session_finished", outcome=outcome, turns=session.turns, exit_code=code
@@ -147,10 +163,21 @@ class Agent:
             raise failure
         turns = session.turns
         final = session.context[-1].text if session.context else ""
+        go_on = f"continue with `tidemark resume --session {session.paths.session_id}`"
         if outcome == "turn_limit":
             raise TurnLimitError(
                 f"the agent hit the turn cap ({self.settings.max_turns} turns) before finishing; "
-                f"continue with `tidemark resume --session {session.paths.session_id}`"
+                f"{go_on}"
+            )
+        if outcome == "empty_reply":
+            raise NoAnswerError(
+                f"the model ended turn {turns} with an empty reply, not an answer; {go_on} "
+                '(add an instruction, e.g. "answer from what you found")'
+            )
+        if outcome == "repeated_calls":
+            raise NoAnswerError(
+                f"the model kept repeating the same tool calls after being told (turn {turns}), "
+                f'with no answer; {go_on} "TASK" with a more precise instruction'
             )
         return RunResult(session.paths.session_id, outcome, turns, final, session.paths)
 
@@ -194,31 +221,28 @@ class Agent:
             content = [
                 b for b in response.content if not (isinstance(b, TextBlock) and not b.text.strip())
             ]
+            if not any(isinstance(b, TextBlock | ToolUseBlock) for b in content):
+                # Nothing to keep (the API rejects an empty assistant turn) and no answer:
+                # the context still ends with the user's side, so a resume asks again.
+                self._turn_finished(session, turn, response, started)
+                return "empty_reply"
             reply = Message(
                 role="assistant",
                 origin="model",
-                content=content or [TextBlock(text="(no reply)")],
+                content=content,
                 usage=response.usage,
                 stop_reason=response.stop_reason,
             )
             session.add(reply)
             session.note_usage(response.usage)
-            session.events.emit(
-                "turn_finished",
-                turn=turn,
-                input_tokens=response.usage.total_input_tokens,
-                output_tokens=response.usage.output_tokens,
-                duration_ms=round((anyio.current_time() - started) * 1000, 3),
-                stop_reason=response.stop_reason,
-                cache_read_input_tokens=response.usage.cache_read_input_tokens,
-                cache_creation_input_tokens=response.usage.cache_creation_input_tokens,
-                context_tokens=session.context_tokens(),
-            )
+            self._turn_finished(session, turn, response, started)
             uses = reply.tool_uses
             if uses:
                 acted = True
                 results = await tool_turns.run(session, uses)
                 session.add(Message(role="user", origin="tools", content=list(results)))
+                if tool_turns.blocked_turns >= 2:  # told once already, and still repeating
+                    return "repeated_calls"
             elif response.stop_reason == "max_tokens":
                 session.add(Message.user_text(CUT_OFF, origin="runtime"))
             elif self.nudge_without_action and not acted and not nudged:
@@ -227,6 +251,22 @@ class Agent:
             else:
                 return "finished"
         return "turn_limit"
+
+    @staticmethod
+    def _turn_finished(
+        session: Session, turn: int, response: ModelResponse, started: float
+    ) -> None:
+        session.events.emit(
+            "turn_finished",
+            turn=turn,
+            input_tokens=response.usage.total_input_tokens,
+            output_tokens=response.usage.output_tokens,
+            duration_ms=round((anyio.current_time() - started) * 1000, 3),
+            stop_reason=response.stop_reason,
+            cache_read_input_tokens=response.usage.cache_read_input_tokens,
+            cache_creation_input_tokens=response.usage.cache_creation_input_tokens,
+            context_tokens=session.context_tokens(),
+        )
 
 
 def _answer_pending(session: Session) -> None:
