@@ -1,7 +1,8 @@
 """`tidemark run / resume / inspect`: flags, logging set-up, exit codes.
 
-Exit codes: 0 finished, 1 the agent failed (model/API error, turn cap), 2 bad usage or
-input (one line on stderr), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+Exit codes: 0 finished with an answer, 1 no answer (model/API error, turn cap, empty
+reply, repeated calls), 2 bad usage or input (one line on stderr), 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
     │   └── SessionNotFoundError  no such session to resume or inspect
     ├── ModelError             the model failed after retries (exit 1)
     │   └── ContextTooLongError  the request exceeds the model's window
-    ├── TurnLimitError         the agent hit max_turns (exit 1)
+    ├── TurnLimitError         the agent hit --max-turns (exit 1)
+    ├── NoAnswerError          the run ended without an answer: empty reply, repeated calls (exit 1)
     └── ProviderUnavailableError  the provider cannot be loaded (extra/model missing, exit 2)
 
 A run that fails raises one of these, never an exception group, with `session_id` set to
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "ContextTooLongError",
     "ModelError",
+    "NoAnswerError",
     "ProviderUnavailableError",
     "SessionNotFoundError",
     "TidemarkError",
@@ -64,4 +66,10 @@ class ContextTooLongError(ModelError):
 
 
 class TurnLimitError(TidemarkError):
+    exit_code = 1
+
+
+class NoAnswerError(TidemarkError):
+    """The model stopped without answering (an empty reply, or the same calls over and over)."""
+
     exit_code = 1

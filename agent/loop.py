@@ -9,10 +9,16 @@ from typing import Literal, cast
 import anyio
 
 from tidemark.config import Settings
-from tidemark.errors import ContextTooLongError, TidemarkError, TurnLimitError, WorkspaceError
+from tidemark.errors import (
+    ContextTooLongError,
+    NoAnswerError,
+    TidemarkError,
+    TurnLimitError,
+    WorkspaceError,
+)
 from tidemark.events import EventSubscriber
-from tidemark.messages import Message, TextBlock, ToolResultBlock
-from tidemark.model import Model, ToolSpec
+from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.model import Model, ModelResponse, ToolSpec
 from tidemark.prompts import system_prompt
 from tidemark.session import Session
 from tidemark.tool_turn import ToolTurns
@@ -32,7 +38,17 @@ __all__ = ["Agent", "RunResult"]
 # How a run that returned ended (a run that did not finish raises a TidemarkError).
 Outcome = Literal["finished", "nothing_to_do"]
 # How a session ended, as its `session_finished` event records it.
-Ending = Literal["finished", "turn_limit", "interrupted", "nothing_to_do", "failed"]
+Ending = Literal[
+    "finished",
+    "turn_limit",
+    "empty_reply",
+    "repeated_calls",
+    "interrupted",
+    "nothing_to_do",
+    "failed",
+]
+# Runs that ended without an answer: exit 1, and `run` raises.
+_UNFINISHED: dict[str, int] = {"turn_limit": 1, "empty_reply": 1, "repeated_calls": 1}
 
 INTERRUPTED = "interrupted: the run stopped before this call finished; run it again if needed"
 CUT_OFF = "Your reply was cut off at the output limit. Continue where you stopped."
@@ -190,9 +206,22 @@ class Agent:
             failure.session_id = session_id
         if failure is not None:
             raise failure
+        turns = session.turns
         if ending == "turn_limit":
             raise TurnLimitError(
                 f"the agent hit the turn cap ({self.settings.max_turns} turns) before finishing",
+                session_id=session_id,
+            )
+        if ending == "empty_reply":
+            raise NoAnswerError(
+                f"the model ended turn {turns} with an empty reply, not an answer (resume with "
+                'an instruction, e.g. "answer from what you found")',
+                session_id=session_id,
+            )
+        if ending == "repeated_calls":
+            raise NoAnswerError(
+                f"the model kept repeating the same tool calls after being told (turn {turns}), "
+                "with no answer (resume with a more precise instruction)",
                 session_id=session_id,
             )
         return _result(session)
@@ -237,31 +266,28 @@ class Agent:
             content = [
                 b for b in response.content if not (isinstance(b, TextBlock) and not b.text.strip())
             ]
+            if not any(isinstance(b, TextBlock | ToolUseBlock) for b in content):
+                # Nothing to keep (the API rejects an empty assistant turn) and no answer:
+                # the context still ends with the user's side, so a resume asks again.
+                self._turn_finished(session, turn, response, started)
+                return "empty_reply"
             reply = Message(
                 role="assistant",
                 origin="model",
-                content=content or [TextBlock(text="(no reply)")],
+                content=content,
                 usage=response.usage,
                 stop_reason=response.stop_reason,
             )
             session.add(reply)
             session.note_usage(response.usage)
-            session.events.emit(
-                "turn_finished",
-                turn=turn,
-                input_tokens=response.usage.total_input_tokens,
-                output_tokens=response.usage.output_tokens,
-                duration_ms=round((anyio.current_time() - started) * 1000, 3),
-                stop_reason=response.stop_reason,
-                cache_read_input_tokens=response.usage.cache_read_input_tokens,
-                cache_creation_input_tokens=response.usage.cache_creation_input_tokens,
-                context_tokens=session.context_tokens(),
-            )
+            self._turn_finished(session, turn, response, started)
             uses = reply.tool_uses
             if uses:
                 acted = True
                 results = await tool_turns.run(session, uses)
                 session.add(Message(role="user", origin="tools", content=list(results)))
+                if tool_turns.blocked_turns >= 2:  # told once already, and still repeating
+                    return "repeated_calls"
             elif response.stop_reason == "max_tokens":
                 session.add(Message.user_text(CUT_OFF, origin="runtime"))
             elif self.nudge_without_action and not acted and not nudged:
@@ -270,6 +296,22 @@ class Agent:
             else:
                 return "finished"
         return "turn_limit"
+
+    @staticmethod
+    def _turn_finished(
+        session: Session, turn: int, response: ModelResponse, started: float
+    ) -> None:
+        session.events.emit(
+            "turn_finished",
+            turn=turn,
+            input_tokens=response.usage.total_input_tokens,
+            output_tokens=response.usage.output_tokens,
+            duration_ms=round((anyio.current_time() - started) * 1000, 3),
+            stop_reason=response.stop_reason,
+            cache_read_input_tokens=response.usage.cache_read_input_tokens,
+            cache_creation_input_tokens=response.usage.cache_creation_input_tokens,
+            context_tokens=session.context_tokens(),
+        )
 
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -296,7 +338,7 @@ def _exit_code(ending: Ending, failure: BaseException | None) -> int:
         return failure.exit_code
     if ending == "failed":
         return 1  # a bug: its traceback follows
-    return {"finished": 0, "turn_limit": 1, "nothing_to_do": 0}.get(ending, 130)
+    return {"finished": 0, "nothing_to_do": 0, **_UNFINISHED}.get(ending, 130)
 
 
 def _result(session: Session) -> RunResult:

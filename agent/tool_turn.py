@@ -12,30 +12,50 @@ from tidemark.tools import Approver, ToolCall, ToolContext, Toolset
 __all__ = ["ToolTurns"]
 
 REPEATED = (
-    "not run: you made this exact call in each of the last 2 turns and got the same "
-    "result (it is above). Do something different, or finish with your answer."
+    "not run: you already made this exact call twice and got the same result (it is "
+    "above). Do something different, or finish with your answer."
 )
 
 # (tool name, input as canonical JSON)
 Signature = tuple[str, str]
+# How many turns back the guard looks for the same call.
+WINDOW = 6
 
 
 class ToolTurns:
-    """Runs each turn's calls through the toolset and remembers them to catch loops."""
+    """Runs each turn's calls through the toolset and remembers them to catch loops.
+
+    A call is not run again once it was made twice in the last 6 turns with the same
+    result and nothing has changed since (no new call of a tool that may change the
+    workspace succeeded). Small models alternate between a few calls, so this looks back
+    over several turns, not only the last two; not further, because a long session rightly
+    reads a file again once compaction has taken the earlier read out of its context.
+    `blocked_turns` counts the turns in which every call was refused: a model that keeps
+    doing that after being told is stuck.
+    """
 
     def __init__(self, toolset: Toolset, approver: Approver, ctx: ToolContext) -> None:
         self.toolset = toolset
         self.approver = approver
         self.ctx = ctx
-        self._history: list[dict[Signature, str]] = []  # per turn: call -> its result
+        # call -> (turn, its result) since the workspace last changed
+        self._results: dict[Signature, list[tuple[int, str]]] = {}
+        self._turn = 0
+        self._seen: set[Signature] = set()
+        self.blocked_turns = 0
 
     def _repeated(self, signature: Signature) -> bool:
-        """The same call in each of the last two turns with the same result: a loop."""
-        if len(self._history) < 2 or signature not in self._history[-1]:
-            return False
-        return self._history[-1][signature] == self._history[-2].get(signature)
+        recent = [r for t, r in self._results.get(signature, []) if t > self._turn - WINDOW]
+        return len(recent) >= 2 and recent[-1] == recent[-2]
+
+    def _changes(self, use: ToolUseBlock, signature: Signature, result: ToolResultBlock) -> bool:
+        """A first call of a tool that may write, and it worked: earlier results may be stale."""
+        found = self.toolset.get(use.name)
+        writes = found is None or not found.read_only
+        return writes and signature not in self._seen and not result.is_error
 
     async def run(self, session: Session, uses: Sequence[ToolUseBlock]) -> list[ToolResultBlock]:
+        self._turn += 1
         signatures = [(u.name, json.dumps(u.input, sort_keys=True)) for u in uses]
         blocked = {u.id for u, sig in zip(uses, signatures, strict=True) if self._repeated(sig)}
         calls = [ToolCall(id=u.id, name=u.name, input=u.input) for u in uses if u.id not in blocked]
@@ -70,11 +90,16 @@ class ToolTurns:
                 output_chars=len(result.content),
             )
             results.append(result)
-        self._history.append(
-            {
-                sig: result.content
-                for use, sig, result in zip(uses, signatures, results, strict=True)
-                if use.id not in blocked
-            }
-        )
+        ran = [
+            (use, sig, result)
+            for use, sig, result in zip(uses, signatures, results, strict=True)
+            if use.id not in blocked
+        ]
+        if any(self._changes(use, sig, result) for use, sig, result in ran):
+            self._results.clear()
+        for _use, sig, result in ran:
+            self._results.setdefault(sig, []).append((self._turn, result.content))
+            self._seen.add(sig)
+        if not ran:
+            self.blocked_turns += 1
         return results

@@ -34,7 +34,8 @@ async def test_an_agent_reads_a_file_and_answers_with_a_scripted_model(tmp_path:
 
 async def test_every_event_carries_its_documented_keys(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x\n" * 3000)
-    steps = [ScriptedModel.call("read_file", path="a.txt") for _ in range(8)]
+    # Distinct reads: the same read with the same result a third time is refused.
+    steps = [ScriptedModel.call("read_file", path="a.txt", offset=i) for i in range(1, 9)]
     model = ScriptedModel([*steps, ScriptedModel.reply("done")])
     settings = _settings(
         tmp_path, compact_at=4000, memory_init_tokens=1000, memory_update_tokens=500
@@ -111,3 +112,48 @@ async def test_a_model_failure_is_recorded_as_a_failed_session(tmp_path: Path) -
     last = json.loads((folder / "events.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "session_finished"
     assert last["outcome"] == "failed" and last["exit_code"] == 1
+
+
+async def test_an_empty_reply_is_not_an_answer_and_raises_no_answer_error(tmp_path: Path) -> None:
+    (tmp_path / "config.py").write_text("PORT = 8042\n")
+    empty = ModelResponse(content=[], stop_reason="end_turn", usage=tidemark.Usage())
+    model = ScriptedModel([ScriptedModel.call("read_file", path="config.py"), empty])
+    with pytest.raises(tidemark.NoAnswerError, match="empty reply") as raised:
+        await Agent(model, settings=_settings(tmp_path)).run("What is PORT?")
+    (folder,) = (tmp_path / ".tidemark" / "sessions").iterdir()
+    assert raised.value.session_id == folder.name  # the CLI's resume hint comes from it
+    records = [json.loads(line) for line in (folder / "transcript.jsonl").read_text().splitlines()]
+    texts = json.dumps(records)
+    assert "(no reply)" not in texts
+    last = [r for r in records if r["type"] == "message"][-1]["message"]
+    assert last["role"] == "user"  # a resume asks the model again
+    finished = json.loads((folder / "events.jsonl").read_text().splitlines()[-1])
+    assert finished["outcome"] == "empty_reply" and finished["exit_code"] == 1
+
+
+async def test_a_model_that_alternates_between_the_same_calls_is_stopped_as_repeating(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.txt").write_text("A\n")
+    (tmp_path / "b.txt").write_text("B\n")
+    a = ScriptedModel.call("read_file", path="a.txt")
+    b = ScriptedModel.call("read_file", path="b.txt")
+    model = ScriptedModel([a, b, a, b, a, b, a, ScriptedModel.reply("never reached")])
+    with pytest.raises(tidemark.NoAnswerError, match="repeating the same tool calls"):
+        await Agent(model, settings=_settings(tmp_path, max_turns=20)).run("loop")
+    # Turn 5 makes the read of a.txt a third time: refused, and the model is told. Turn 6
+    # does the same with b.txt: refused, and the run stops there, not at the turn cap.
+    assert len(model.requests) == 6
+    told = model.requests[5].messages[-1].content
+    assert all(isinstance(r, ToolResultBlock) and "exact call" in r.content for r in told)
+
+
+async def test_a_call_repeated_after_the_workspace_changed_runs_again(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("old\n")
+    read = ScriptedModel.call("read_file", path="a.txt")
+    write = ScriptedModel.call("write_file", path="a.txt", content="new\n")
+    model = ScriptedModel([read, read, write, read, ScriptedModel.reply("it says new")])
+    result = await Agent(model, settings=_settings(tmp_path)).run("x")
+    assert result.outcome == "finished"
+    third_read = model.requests[4].messages[-1].content[0]
+    assert isinstance(third_read, ToolResultBlock) and "new" in third_read.content

@@ -186,6 +186,51 @@ def test_the_turn_cap_exits_1_and_says_how_to_go_on(tmp_path: Path) -> None:
     assert len(api.requests_for("turn")) == 3
 
 
+def test_an_empty_reply_exits_1_with_one_line_and_is_never_shown_as_an_answer(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config.py").write_text("PORT = 8042\n")
+    script = Script([tool_calls(("read_file", {"path": "config.py"})), Reply(content=[])])
+    with FakeMessagesAPI(script) as api:
+        done = tidemark("run", "--workspace", str(tmp_path), "What is PORT?", api=api)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("tidemark: error:")]
+    assert len(errors) == 1
+    assert "empty reply" in errors[0] and "tidemark resume --session" in errors[0]
+    assert "finished" not in done.stderr and "Traceback" not in done.stderr
+    assert api.invalid_requests == []
+
+
+def test_a_resume_after_an_empty_reply_asks_the_model_again_and_can_finish(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config.py").write_text("PORT = 8042\n")
+    script = Script(
+        [tool_calls(("read_file", {"path": "config.py"})), Reply(content=[]), text("PORT is 8042")]
+    )
+    with FakeMessagesAPI(script) as api:
+        first = tidemark("run", "--workspace", str(tmp_path), "What is PORT?", api=api)
+        again = tidemark("resume", "--workspace", str(tmp_path), api=api)
+    assert first.returncode == 1
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "PORT is 8042"
+    assert api.invalid_requests == []
+
+
+def test_repeating_the_same_calls_after_being_told_exits_1_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    script = Script([tool_calls(("read_file", {"path": "a.py"})) for _ in range(10)])
+    with FakeMessagesAPI(script) as api:
+        done = tidemark("run", "--workspace", str(tmp_path), "loop", api=api)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("tidemark: error:")]
+    assert len(errors) == 1
+    assert "repeating the same tool calls" in errors[0] and "tidemark resume" in errors[0]
+    # Two reads, one refused with a hint, one refused again: the run stops at turn 4.
+    assert len(api.requests_for("turn")) == 4
+
+
 def test_custom_tools_plug_in_from_the_command_line(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("x = 1\ny = 2\n")
     script = Script([tool_calls(("count_lines", {"glob": "*.py"})), text("a.py has 2 lines")])
