@@ -27,12 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
-
-import structlog
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tidemark.batch import (
     BatchOptions,
@@ -50,6 +45,9 @@ from tidemark.batch import (
 )
 from tidemark.errors import ConfigError, ProviderUnavailableError
 
+if TYPE_CHECKING:  # the terminal UI loads only for the command, not on workers
+    from rich.progress import Progress
+
 __all__ = ["BatchPlan", "SessionHost", "batch_command", "render_summary", "run_on_ray"]
 
 # Environment a remote worker needs to reach the model (a local instance inherits it).
@@ -62,7 +60,6 @@ class SessionHost:
     """A Ray actor: many sessions on one event loop, one model client shared by them."""
 
     def __init__(self, out: str, token: str) -> None:
-        structlog.configure(processors=[_drop], cache_logger_on_first_use=False)
         self.out = out
         self.token = token
         self.base = worker_base(out, token)
@@ -78,10 +75,6 @@ class SessionHost:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def _drop(_logger: Any, _method: str, _event: Any) -> Any:
-    raise structlog.DropEvent
 
 
 @dataclass
@@ -322,6 +315,15 @@ class BatchProgress:
     """A progress bar on a terminal; one line per ended task anywhere else."""
 
     def __init__(self, total: int, already: int, stream: TextIO) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.total = total
         self.stream = stream
         self.console = Console(file=stream, highlight=False)
@@ -380,6 +382,9 @@ def render_summary(
     tasks: Sequence[BatchTask], store: ResultStore, out: Path, stream: TextIO
 ) -> None:
     """The table of every task of the file: its result, or why it has none yet."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(file=stream, highlight=False)
     if not console.is_terminal:
         console = Console(file=stream, highlight=False, width=200, no_color=True)
