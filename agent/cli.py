@@ -1,4 +1,4 @@
-"""`tidemark run / resume / inspect`: flags, logging set-up, exit codes.
+"""`tidemark run / resume / inspect / batch`: flags, logging set-up, exit codes.
 
 Exit codes: 0 finished with an answer, 1 no answer (model/API error, turn cap, empty
 reply, repeated calls), 2 bad usage or input (one line on stderr), 130 interrupted
@@ -54,8 +54,9 @@ def _count(text: str) -> int:
     return value
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workspace", default=".", help="repository to work in (default: .)")
+def _add_common(p: argparse.ArgumentParser, *, workspace: bool = True) -> None:
+    if workspace:
+        p.add_argument("--workspace", default=".", help="repository to work in (default: .)")
     p.add_argument(
         "--provider",
         choices=["anthropic", "local"],
@@ -65,7 +66,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model name (anthropic) or path to a .gguf file (local)")
     p.add_argument("--max-turns", type=_count, help="turn cap (default 50)")
     p.add_argument("--yes", action="store_true", help="approve tools that write or run commands")
-    p.add_argument("--log-json", metavar="FILE", help="also write the event log to FILE")
+    if workspace:
+        p.add_argument("--log-json", metavar="FILE", help="also write the event log to FILE")
     p.add_argument("--context-window", type=_count, metavar="TOKENS")
     p.add_argument(
         "--compact-at",
@@ -110,7 +112,62 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--messages", action="store_true", help="show the transcript with boundaries marked"
     )
+    _add_batch(sub)
     return parser
+
+
+def _add_batch(sub: Any) -> None:
+    batch = sub.add_parser(
+        "batch",
+        help="run many tasks, each a session in its own copy of its workspace, on Ray",
+        description="Run every task of TASKS.jsonl (one JSON object per line: id, workspace "
+        "(a directory, copied, or a git URL, cloned), task, optional settings) as a session "
+        "in its own copy of its workspace, on Ray. Results go to OUT/results.jsonl; rerun the "
+        "same command to continue after an interruption.",
+    )
+    batch.add_argument("tasks_file", metavar="TASKS.jsonl", help="the tasks, one per line")
+    batch.add_argument("--out", required=True, metavar="DIR", help="results and session copies")
+    batch.add_argument(
+        "--address",
+        metavar="RAY_ADDRESS",
+        help="an existing Ray cluster, e.g. ray://head:10001 (default: RAY_ADDRESS, else a "
+        "local Ray instance on this machine)",
+    )
+    batch.add_argument(
+        "--concurrency",
+        type=_positive,
+        metavar="N",
+        help="sessions in flight at once (default: 8 per CPU; 1 per CPU with --provider local)",
+    )
+    batch.add_argument(
+        "--max-attempts",
+        type=_positive,
+        default=3,
+        metavar="N",
+        help="runs of a task whose worker died, before it is reported as failed (default 3)",
+    )
+    batch.add_argument(
+        "--retry-failed", action="store_true", help="run tasks that failed before again"
+    )
+    _add_common(batch, workspace=False)
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags give (only those given, and --yes)."""
+    values: dict[str, Any] = {}
+    for flag, field in _SETTING_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[field] = value
+    values["auto_approve"] = args.yes
+    return values
 
 
 def _settings(args: argparse.Namespace, provider: ProviderName) -> Settings:
@@ -119,11 +176,7 @@ def _settings(args: argparse.Namespace, provider: ProviderName) -> Settings:
         from tidemark.providers.local import local_defaults
 
         values.update(local_defaults())
-    for flag, field in _SETTING_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            values[field] = value
-    values["auto_approve"] = args.yes
+    values.update(_flag_settings(args))
     try:
         return Settings(**values)
     except ValidationError as exc:
@@ -301,6 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             return inspect_command(args)
+        except TidemarkError as exc:
+            return _report(exc, args)
+    if args.command == "batch":
+        from tidemark.batch_ray import batch_command
+
+        try:
+            return batch_command(args, _flag_settings(args))
         except TidemarkError as exc:
             return _report(exc, args)
     log_file: TextIO | None = None

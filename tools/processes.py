@@ -122,7 +122,8 @@ async def run_command(
     )
     pgid = process.pid
     if registry is not None:
-        _record_group(registry, pgid, command)
+        # The registry is fsync-ed under a lock: off the event loop, which other sessions share.
+        await anyio.to_thread.run_sync(_record_group, registry, pgid, command)
     output = _Output(max_chars)
     drained = anyio.Event()
     timed_out = stopped = False
@@ -142,7 +143,7 @@ async def run_command(
             await _stop_group(pgid, process)
             await process.aclose()
             if registry is not None:
-                _forget_group(registry, pgid)
+                await anyio.to_thread.run_sync(_forget_group, registry, pgid)
     return CommandResult(
         output=output.text(),
         exit_code=None if timed_out else process.returncode,
@@ -163,11 +164,11 @@ async def _drain(stream: ByteReceiveStream, output: _Output, done: anyio.Event) 
 
 async def _stop_group(pgid: int, process: Process) -> bool:
     """SIGTERM the group, give it a short grace, then SIGKILL. False if it was already gone."""
-    if not _group_alive(pgid) or not _signal_group(pgid, signal.SIGTERM):
+    if not await _group_alive_async(pgid) or not _signal_group(pgid, signal.SIGTERM):
         return False
     with anyio.move_on_after(_GRACE_SECONDS):
         await process.wait()
-        while _group_alive(pgid):  # noqa: ASYNC110 (no event says the group is gone)
+        while await _group_alive_async(pgid):  # noqa: ASYNC110 (no event says it is gone)
             await anyio.sleep(0.02)
         return True
     _signal_group(pgid, signal.SIGKILL)
@@ -183,6 +184,14 @@ def _signal_group(pgid: int, signum: int) -> bool:
     except PermissionError:
         return True  # a member we may not signal: the group still exists
     return True
+
+
+async def _group_alive_async(pgid: int) -> bool:
+    """`_group_alive` without blocking the event loop: an empty group is seen at once; a
+    scan of /proc (hundreds of files on a busy machine) runs in a worker thread."""
+    if not _signal_group(pgid, 0):
+        return False  # no process at all in the group, not even a zombie
+    return await anyio.to_thread.run_sync(_group_alive, pgid)
 
 
 def _group_alive(pgid: int) -> bool:

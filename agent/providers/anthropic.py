@@ -9,8 +9,10 @@ event for `stall_timeout` seconds) is retried here, from the start, with backoff
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,6 +117,20 @@ def _from_wire_block(block: Any) -> ContentBlock | None:
     return None
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context per process, built as the SDK builds its own (CA bundle, SSL_CERT_*
+    variables). Building one reads the CA bundle: ~0.1 s of CPU that blocked the event loop
+    for every new model, the main stall when many sessions start in one process. A context
+    is safe to share between clients and threads."""
+    try:
+        import httpx2 as http
+    except ImportError:  # SDK versions built on httpx
+        import httpx as http
+    context: ssl.SSLContext = http.create_ssl_context()
+    return context
+
+
 class AnthropicModel:
     """A model behind the Messages API (Anthropic, or any server that speaks it)."""
 
@@ -142,7 +158,11 @@ class AnthropicModel:
         ):
             api_key = "no-key"
         self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=timeout,
+            http_client=anthropic.DefaultAsyncHttpxClient(verify=_tls_context()),
         )
 
     @property
