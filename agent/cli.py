@@ -19,6 +19,7 @@ import structlog
 from pydantic import ValidationError
 
 from tidemark.config import Settings
+from tidemark.config_file import FileConfig, load_config
 from tidemark.errors import ConfigError, TidemarkError, WorkspaceError
 from tidemark.loop import Agent, RunResult
 from tidemark.progress import RichProgress, follow, make_progress
@@ -169,13 +170,19 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _settings(args: argparse.Namespace, provider: ProviderName) -> Settings:
+def _settings(
+    args: argparse.Namespace, provider: ProviderName, config: FileConfig | None = None
+) -> Settings:
     values: dict[str, Any] = {"workspace": Path(args.workspace).expanduser()}
     if provider == "local":
         from tidemark.providers.local import local_defaults
 
         values.update(local_defaults())
-    values.update(_flag_settings(args))
+    if config is not None:  # the config files, under the command line
+        values.update(config.settings)
+    flags = _flag_settings(args)
+    flags["auto_approve"] = args.yes or values.get("auto_approve", False)
+    values.update(flags)
     try:
         return Settings(**values)
     except ValidationError as exc:
@@ -238,12 +245,13 @@ def _check_workspace(raw: str) -> None:
 
 
 async def _run(args: argparse.Namespace) -> RunResult:
-    provider: ProviderName = args.provider or default_provider()
-    settings = _settings(args, provider)
-    extra_tools = _load_tools(args.tools)
+    config: FileConfig = args.file_config
+    provider: ProviderName = args.provider or config.provider or default_provider()
+    settings = _settings(args, provider, config)
+    extra_tools = _load_tools([*config.tools, *args.tools])
     # Loading a local model blocks for a moment (and joins the model file on first use).
     model = await anyio.to_thread.run_sync(
-        make_model, provider, args.model, settings.context_window
+        make_model, provider, args.model or config.model, settings.context_window
     )
     progress = make_progress(sys.stderr)
     approver = default_approver(settings.auto_approve)
@@ -343,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--log-json {args.log_json}: {exc.strerror}") from None
         _check_workspace(args.workspace)
         _check_task(args)
+        args.file_config = load_config(Path(args.workspace).expanduser())
         _configure_logging(log_file)
         return anyio.run(_main_async, args)
     except (TidemarkError, BaseExceptionGroup) as exc:
