@@ -7,6 +7,8 @@ input (one line on stderr), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import signal
 import sys
 import warnings
@@ -19,9 +21,10 @@ import structlog
 from pydantic import ValidationError
 
 from tidemark.config import Settings
-from tidemark.config_file import FileConfig, load_config
+from tidemark.config_file import FileConfig, McpServerConfig, load_config, parse_mcp_flag
 from tidemark.errors import ConfigError, TidemarkError, WorkspaceError
 from tidemark.loop import Agent, RunResult
+from tidemark.mcp_tools import McpTool, connect_mcp_servers
 from tidemark.progress import RichProgress, follow, make_progress
 from tidemark.providers import ProviderName, default_provider, make_model
 from tidemark.tools import TerminalApprover, default_approver
@@ -92,6 +95,18 @@ def _add_common(p: argparse.ArgumentParser, *, workspace: bool = True) -> None:
         metavar="MODULE:ATTR",
         help="add your own tools (repeatable), e.g. --tools mytools:TOOLS",
     )
+    _add_mcp(p)
+
+
+def _add_mcp(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND|URL",
+        help="add an MCP tool server (repeatable): NAME='python3 server.py' (stdio) or "
+        "NAME=http://host/mcp (streamable HTTP); its tools are mcp__NAME__<tool>",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(resume)
     resume.add_argument("--session", help="session id (default: the latest)")
     resume.add_argument("task", metavar="TASK", nargs="?", help="a new instruction (optional)")
+    tools = sub.add_parser("tools", help="list every tool a session would have")
+    tools.add_argument("--workspace", default=".", help="repository to work in (default: .)")
+    tools.add_argument(
+        "--tools", action="append", default=[], metavar="MODULE:ATTR", help="as for run"
+    )
+    _add_mcp(tools)
+    tools.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     inspect = sub.add_parser("inspect", help="show what a session did")
     inspect.add_argument("--workspace", default=".")
     inspect.add_argument("--session", help="session id (default: the latest)")
@@ -249,9 +271,34 @@ async def _run(args: argparse.Namespace) -> RunResult:
     provider: ProviderName = args.provider or config.provider or default_provider()
     settings = _settings(args, provider, config)
     extra_tools = _load_tools([*config.tools, *args.tools])
-    # Loading a local model blocks for a moment (and joins the model file on first use).
+    async with _mcp_tools(args, config) as mcp_tools:
+        return await _run_agent(args, provider, settings, [*extra_tools, *mcp_tools])
+
+
+def _mcp_servers(args: argparse.Namespace, config: FileConfig) -> dict[str, McpServerConfig]:
+    servers = dict(config.mcp_servers)
+    servers.update(parse_mcp_flag(spec) for spec in args.mcp)
+    return servers
+
+
+def _mcp_tools(
+    args: argparse.Namespace, config: FileConfig
+) -> contextlib.AbstractAsyncContextManager[list[McpTool]]:
+    workspace = Path(args.workspace).expanduser().resolve()
+    return connect_mcp_servers(
+        _mcp_servers(args, config),
+        workspace=workspace,
+        log_dir=workspace / ".tidemark" / "mcp-logs",
+    )
+
+
+async def _run_agent(
+    args: argparse.Namespace, provider: ProviderName, settings: Settings, extra_tools: list[Any]
+) -> (
+    RunResult
+):  # Loading a local model blocks for a moment (and joins the model file on first use).
     model = await anyio.to_thread.run_sync(
-        make_model, provider, args.model or config.model, settings.context_window
+        make_model, provider, args.model or args.file_config.model, settings.context_window
     )
     progress = make_progress(sys.stderr)
     approver = default_approver(settings.auto_approve)
@@ -310,6 +357,39 @@ async def _main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _tools_command(args: argparse.Namespace) -> int:
+    """`tidemark tools`: every tool a session would have, and where it comes from."""
+    from tidemark.tools import builtin_tools
+
+    config: FileConfig = args.file_config
+    rows: list[tuple[str, str, bool, str]] = [
+        (t.name, "built-in", t.needs_approval, t.description) for t in builtin_tools()
+    ]
+    for spec in [*config.tools, *args.tools]:
+        rows += [
+            (t.name, f"python {spec}", t.needs_approval, t.description) for t in _load_tools([spec])
+        ]
+    async with _mcp_tools(args, config) as mcp_tools:
+        rows += [(t.name, t.source, t.needs_approval, t.description) for t in mcp_tools]
+    seen: set[str] = set()
+    for name, *_ in rows:
+        if name in seen:
+            raise ConfigError(f"two tools are named {name!r}: rename one (see `tidemark tools`)")
+        seen.add(name)
+    if args.json:
+        for name, source, approval, description in rows:
+            record = {"name": name, "source": source, "needs_approval": approval}
+            print(json.dumps({**record, "description": description}, ensure_ascii=False))
+        return 0
+    width = max(len(name) for name, *_ in rows)
+    source_width = max(len(source) for _, source, *_ in rows)
+    for name, source, approval, description in rows:
+        summary = description.strip().splitlines()[0] if description.strip() else ""
+        asks = "asks" if approval else "    "
+        print(f"{name:<{width}}  {source:<{source_width}}  {asks}  {summary[:80]}")
+    return 0
+
+
 def _tidemark_error(exc: BaseException) -> TidemarkError | None:
     """The error to report, also from inside the task groups' exception groups."""
     if isinstance(exc, TidemarkError):
@@ -344,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.exit_code
     log_file: TextIO | None = None
     try:
-        if args.log_json:
+        if getattr(args, "log_json", None):
             try:
                 log_file = Path(args.log_json).open("a", encoding="utf-8")  # noqa: SIM115
             except OSError as exc:
@@ -352,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_workspace(args.workspace)
         _check_task(args)
         args.file_config = load_config(Path(args.workspace).expanduser())
+        if args.command == "tools":
+            return anyio.run(_tools_command, args)
         _configure_logging(log_file)
         return anyio.run(_main_async, args)
     except (TidemarkError, BaseExceptionGroup) as exc:
