@@ -294,9 +294,8 @@ def _mcp_tools(
 
 async def _run_agent(
     args: argparse.Namespace, provider: ProviderName, settings: Settings, extra_tools: list[Any]
-) -> (
-    RunResult
-):  # Loading a local model blocks for a moment (and joins the model file on first use).
+) -> RunResult:
+    # Loading a local model blocks for a moment (and joins the model file on first use).
     model = await anyio.to_thread.run_sync(
         make_model, provider, args.model or args.file_config.model, settings.context_window
     )
