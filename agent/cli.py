@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(resume)
     resume.add_argument("--session", help="session id (default: the latest)")
     resume.add_argument("task", metavar="TASK", nargs="?", help="a new instruction (optional)")
+    chat = sub.add_parser("chat", help="hold a session interactively in the terminal")
+    _add_common(chat)
+    chat.add_argument("--session", help="continue this session (default: a new one)")
     tools = sub.add_parser("tools", help="list every tool a session would have")
     tools.add_argument("--workspace", default=".", help="repository to work in (default: .)")
     tools.add_argument(
@@ -356,6 +359,44 @@ async def _main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _chat(args: argparse.Namespace) -> int:
+    """`tidemark chat`: the same agent as `run`, held interactively."""
+    from tidemark.chat import ChatApprover, ChatView, run_chat
+    from tidemark.tools import AutoApprover
+
+    config: FileConfig = args.file_config
+    provider: ProviderName = args.provider or config.provider or default_provider()
+    settings = _settings(args, provider, config)
+    extra_tools = _load_tools([*config.tools, *args.tools])
+    async with _mcp_tools(args, config) as mcp_tools:
+        model = await anyio.to_thread.run_sync(
+            make_model, provider, args.model or config.model, settings.context_window
+        )
+        view = ChatView()
+        agent = Agent(
+            model,
+            tools=[*extra_tools, *mcp_tools],
+            settings=settings,
+            approver=AutoApprover() if settings.auto_approve else ChatApprover(view),
+            on_event=follow(view),
+            on_text=view.text,
+            nudge_without_action=provider == "local",
+        )
+        try:
+            return await run_chat(agent, view, args.session)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await model.aclose()
+
+
+def _check_terminal() -> None:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ConfigError(
+            "tidemark chat needs a terminal (stdin and stdout); in scripts use "
+            "`tidemark run TASK` or `tidemark resume --session ID TASK`"
+        )
+
+
 async def _tools_command(args: argparse.Namespace) -> int:
     """`tidemark tools`: every tool a session would have, and where it comes from."""
     from tidemark.tools import builtin_tools
@@ -382,10 +423,11 @@ async def _tools_command(args: argparse.Namespace) -> int:
         return 0
     width = max(len(name) for name, *_ in rows)
     source_width = max(len(source) for _, source, *_ in rows)
+    print(f"{'TOOL':<{width}}  {'FROM':<{source_width}}  APPROVAL  DESCRIPTION")
     for name, source, approval, description in rows:
         summary = description.strip().splitlines()[0] if description.strip() else ""
-        asks = "asks" if approval else "    "
-        print(f"{name:<{width}}  {source:<{source_width}}  {asks}  {summary[:80]}")
+        asks = "asks" if approval else "no"
+        print(f"{name:<{width}}  {source:<{source_width}}  {asks:<8}  {summary[:70]}")
     return 0
 
 
@@ -433,6 +475,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.file_config = load_config(Path(args.workspace).expanduser())
         if args.command == "tools":
             return anyio.run(_tools_command, args)
+        if args.command == "chat":
+            _check_terminal()
+            _configure_logging(log_file)
+            try:
+                return anyio.run(_chat, args)  # prompt_toolkit runs on asyncio
+            except KeyboardInterrupt:  # Ctrl-C before the chat took the terminal
+                print("tidemark: interrupted", file=sys.stderr)
+                return 130
         _configure_logging(log_file)
         return anyio.run(_main_async, args)
     except (TidemarkError, BaseExceptionGroup) as exc:

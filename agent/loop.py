@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,7 +13,7 @@ from tidemark.config import Settings
 from tidemark.errors import ContextTooLongError, TidemarkError, TurnLimitError, WorkspaceError
 from tidemark.events import EventSubscriber
 from tidemark.messages import Message, TextBlock, ToolResultBlock
-from tidemark.model import Model, ToolSpec
+from tidemark.model import Model, TextSink, ToolSpec
 from tidemark.prompts import system_prompt
 from tidemark.session import Session
 from tidemark.tool_turn import ToolTurns
@@ -27,7 +28,7 @@ from tidemark.tools import (
 )
 from tidemark.transcript import SessionPaths, load_transcript
 
-__all__ = ["Agent", "RunResult"]
+__all__ = ["Agent", "Conversation", "RunResult"]
 
 Outcome = Literal["finished", "turn_limit", "interrupted", "nothing_to_do", "failed"]
 
@@ -62,8 +63,10 @@ class Agent:
         approver: Approver | None = None,
         on_event: EventSubscriber | None = None,
         nudge_without_action: bool = False,
+        on_text: TextSink | None = None,
     ) -> None:
         self.model = model
+        self.on_text = on_text  # receives the agent's reply text as it streams
         self.settings = settings or Settings()
         self.toolset = Toolset([*(builtin_tools() if builtin else []), *tools])
         self.approver = approver or default_approver(self.settings.auto_approve)
@@ -110,6 +113,39 @@ class Agent:
             session.close()
             return RunResult(paths.session_id, "nothing_to_do", 0, "", paths)
         return await self._drive(session)
+
+    @asynccontextmanager
+    async def conversation(
+        self, session_id: str | None = None, *, resume: bool = False
+    ) -> AsyncGenerator[Conversation]:
+        """A session that takes one user message after another (`tidemark chat`).
+
+        Its memory updates run in the background between messages, while the user types.
+        ``resume`` continues the session `session_id` (the latest when None).
+        """
+        if resume:
+            paths = SessionPaths.find(self.workspace, session_id)
+            reap_leftover_processes(paths.processes)
+        else:
+            paths = SessionPaths.create(self.workspace)
+        session = self._session(paths, resumed=resume)
+        # Turn numbers go on from the session's earlier ones (events and inspect show them).
+        session.turns = sum(1 for m in session.transcript if m.origin == "model")
+        self._started(session, "", resumed=resume)
+        _answer_pending(session)
+        try:
+            async with anyio.create_task_group() as tg:
+                session.bind(tg)
+                try:
+                    yield Conversation(self, session)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            _answer_pending(session)
+            session.events.emit(
+                "session_finished", outcome="finished", turns=session.turns, exit_code=0
+            )
+            session.close()
 
     def _started(self, session: Session, task: str, *, resumed: bool) -> None:
         session.events.emit(
@@ -163,7 +199,8 @@ class Agent:
         tool_turns = ToolTurns(self.toolset, self.approver, ctx)
         acted = any(m.tool_uses for m in session.transcript)
         nudged = False
-        for turn in range(1, self.settings.max_turns + 1):
+        first = session.turns + 1  # a conversation numbers its turns across messages
+        for turn in range(first, first + self.settings.max_turns):
             session.turns = turn
             await session.compact_if_needed()
             # After compaction, so an update's snapshot is the context the next turn sends
@@ -183,12 +220,13 @@ class Agent:
             must_act = self.nudge_without_action and not acted
             try:
                 response = await self.model.generate(
-                    session.request(self.settings.max_output_tokens, must_act=must_act)
+                    session.request(self.settings.max_output_tokens, must_act=must_act),
+                    self.on_text,
                 )
             except ContextTooLongError:
                 await session.compact_if_needed(force=True)
                 response = await self.model.generate(
-                    session.request(self.settings.max_output_tokens)
+                    session.request(self.settings.max_output_tokens), self.on_text
                 )
             # The API rejects whitespace-only text blocks: never keep one in the transcript.
             content = [
@@ -227,6 +265,39 @@ class Agent:
             else:
                 return "finished"
         return "turn_limit"
+
+
+class Conversation:
+    """One open session of `Agent.conversation`: send a message, get the agent's answer."""
+
+    def __init__(self, agent: Agent, session: Session) -> None:
+        self.agent = agent
+        self.session = session
+
+    @property
+    def session_id(self) -> str:
+        return self.session.paths.session_id
+
+    async def send(self, text: str) -> RunResult:
+        """Add the user's message and run turns until the agent answers.
+
+        When cancelled (the user interrupts), the transcript stays valid: an unanswered
+        tool call gets an error result. Errors of the model raise as from `Agent.run`.
+        """
+        session = self.session
+        session.add(Message.user_text(text))
+        try:
+            outcome = await self.agent._turns(session)  # pyright: ignore[reportPrivateUsage]
+        finally:
+            _answer_pending(session)
+        # The user's think time is the memory's time: an update due now runs meanwhile.
+        session.schedule_update()
+        final = session.context[-1].text if session.context else ""
+        return RunResult(session.paths.session_id, outcome, session.turns, final, session.paths)
+
+    async def wait_for_memory(self, timeout_s: float) -> None:
+        """Let an update in flight commit (bounded), e.g. before leaving."""
+        await self.session.updater.wait_idle(timeout_s)
 
 
 def _answer_pending(session: Session) -> None:
