@@ -361,6 +361,12 @@ async def _main_async(args: argparse.Namespace) -> int:
 
 async def _chat(args: argparse.Namespace) -> int:
     """`tidemark chat`: the same agent as `run`, held interactively."""
+    try:
+        import prompt_toolkit  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    except ImportError:
+        raise ConfigError(
+            "tidemark chat needs prompt_toolkit: pip install 'tidemark[chat]'"
+        ) from None
     from tidemark.chat import ChatApprover, ChatView, run_chat
     from tidemark.tools import AutoApprover
 

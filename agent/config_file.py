@@ -265,20 +265,22 @@ def _read_mcp_json(path: Path) -> FileConfig:
         raise ConfigError(f'{path}: expected an object with "mcpServers": {{NAME: {{...}}}}')
     servers: dict[str, McpServerConfig] = {}
     for name, raw in cast(dict[str, Any], servers_raw).items():
+        found = re.search(rf'"{re.escape(name)}"\s*:', text)
+        where = f"{path}:{text.count(chr(10), 0, found.start()) + 1}" if found else str(path)
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: mcpServers.{name}: expected an object")
+            raise ConfigError(f"{where}: mcpServers.{name}: expected an object")
         entry = dict(cast(dict[str, Any], raw))
         kind = entry.pop("type", None)  # "stdio", "http" or "streamable-http"
         if kind not in (None, "stdio", "http", "streamable-http", "streamableHttp"):
             raise ConfigError(
-                f"{path}: mcpServers.{name}.type: {kind!r} is not supported "
+                f"{where}: mcpServers.{name}.type: {kind!r} is not supported "
                 "(stdio or http: a streamable-HTTP url)"
             )
         if not entry.get("headers", True):
             del entry["headers"]  # an empty headers object says nothing
         if not _SERVER_NAME.match(name):
             raise ConfigError(
-                f"{path}: mcpServers.{name}: a server name may hold only letters, digits, _ and -"
+                f"{where}: mcpServers.{name}: a server name may hold only letters, digits, _ and -"
             )
         try:
             server = McpServerConfig.model_validate(entry)
@@ -286,7 +288,7 @@ def _read_mcp_json(path: Path) -> FileConfig:
             error = exc.errors()[0]
             key = ".".join(["mcpServers", name, *(str(p) for p in error["loc"])])
             message = str(error["msg"]).removeprefix("Value error, ")
-            raise ConfigError(f"{path}: {key}: {message}") from None
+            raise ConfigError(f"{where}: {key}: {message}") from None
         servers[name] = server.model_copy(update={"source": str(path)})
     return FileConfig(mcp_servers=servers, files=[path])
 

@@ -166,3 +166,15 @@ def test_a_bad_config_file_stops_the_run_with_one_line_and_exit_2(
             "or equal to 0 (got -1)"
         ]
         assert api.requests == []
+
+
+def test_a_wrong_server_in_mcp_json_names_the_file_the_line_and_the_key(
+    user_config: Path, workspace: Path
+) -> None:
+    path = workspace / ".mcp.json"
+    path.write_text(
+        '{\n  "mcpServers": {\n    "ok": {"command": "a"},\n    "bad": {"args": []}\n  }\n}\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(workspace)
+    assert str(caught.value).startswith(f"{path}:4: mcpServers.bad: give either command")
