@@ -95,7 +95,8 @@ def _add_common(p: argparse.ArgumentParser, *, workspace: bool = True) -> None:
         metavar="MODULE:ATTR",
         help="add your own tools (repeatable), e.g. --tools mytools:TOOLS",
     )
-    _add_mcp(p)
+    if workspace:  # MCP servers start in a session's workspace
+        _add_mcp(p)
 
 
 def _add_mcp(p: argparse.ArgumentParser) -> None:
