@@ -8,6 +8,8 @@ reply, repeated calls), 2 bad usage or input (one line on stderr), 130 interrupt
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import signal
 import sys
 import warnings
@@ -20,8 +22,10 @@ import structlog
 from pydantic import ValidationError
 
 from tidemark.config import Settings
+from tidemark.config_file import FileConfig, McpServerConfig, load_config, parse_mcp_flag
 from tidemark.errors import ConfigError, SessionNotFoundError, TidemarkError, WorkspaceError
 from tidemark.loop import Agent, RunResult
+from tidemark.mcp_tools import McpTool, connect_mcp_servers
 from tidemark.progress import RichProgress, follow, make_progress
 from tidemark.providers import ProviderName, default_provider, make_model
 from tidemark.tools import TerminalApprover, default_approver
@@ -92,6 +96,19 @@ def _add_common(p: argparse.ArgumentParser, *, workspace: bool = True) -> None:
         metavar="MODULE:ATTR",
         help="add your own tools (repeatable), e.g. --tools mytools:TOOLS",
     )
+    if workspace:  # MCP servers start in a session's workspace
+        _add_mcp(p)
+
+
+def _add_mcp(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND|URL",
+        help="add an MCP tool server (repeatable): NAME='python3 server.py' (stdio) or "
+        "NAME=http://host/mcp (streamable HTTP); its tools are mcp__NAME__<tool>",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(resume)
     resume.add_argument("--session", help="session id (default: the latest)")
     resume.add_argument("task", metavar="TASK", nargs="?", help="a new instruction (optional)")
+    chat = sub.add_parser("chat", help="hold a session interactively in the terminal")
+    _add_common(chat)
+    chat.add_argument("--session", help="continue this session (default: a new one)")
+    tools = sub.add_parser("tools", help="list every tool a session would have")
+    tools.add_argument("--workspace", default=".", help="repository to work in (default: .)")
+    tools.add_argument(
+        "--tools", action="append", default=[], metavar="MODULE:ATTR", help="as for run"
+    )
+    _add_mcp(tools)
+    tools.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     inspect = sub.add_parser("inspect", help="show what a session did")
     inspect.add_argument("--workspace", default=".")
     inspect.add_argument("--session", help="session id (default: the latest)")
@@ -170,13 +197,19 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _settings(args: argparse.Namespace, provider: ProviderName) -> Settings:
+def _settings(
+    args: argparse.Namespace, provider: ProviderName, config: FileConfig | None = None
+) -> Settings:
     values: dict[str, Any] = {"workspace": Path(args.workspace).expanduser()}
     if provider == "local":
         from tidemark.providers.local import local_defaults
 
         values.update(local_defaults())
-    values.update(_flag_settings(args))
+    if config is not None:  # the config files, under the command line
+        values.update(config.settings)
+    flags = _flag_settings(args)
+    flags["auto_approve"] = args.yes or values.get("auto_approve", False)
+    values.update(flags)
     try:
         return Settings(**values)
     except ValidationError as exc:
@@ -239,12 +272,41 @@ def _check_workspace(raw: str) -> None:
 
 
 async def _run(args: argparse.Namespace, answered: list[RunResult]) -> RunResult:
-    provider: ProviderName = args.provider or default_provider()
-    settings = _settings(args, provider)
-    extra_tools = _load_tools(args.tools)
+    config: FileConfig = args.file_config
+    provider: ProviderName = args.provider or config.provider or default_provider()
+    settings = _settings(args, provider, config)
+    extra_tools = _load_tools([*config.tools, *args.tools])
+    async with _mcp_tools(args, config) as mcp_tools:
+        return await _run_agent(args, provider, settings, [*extra_tools, *mcp_tools], answered)
+
+
+def _mcp_servers(args: argparse.Namespace, config: FileConfig) -> dict[str, McpServerConfig]:
+    servers = dict(config.mcp_servers)
+    servers.update(parse_mcp_flag(spec) for spec in args.mcp)
+    return servers
+
+
+def _mcp_tools(
+    args: argparse.Namespace, config: FileConfig
+) -> contextlib.AbstractAsyncContextManager[list[McpTool]]:
+    workspace = Path(args.workspace).expanduser().resolve()
+    return connect_mcp_servers(
+        _mcp_servers(args, config),
+        workspace=workspace,
+        log_dir=workspace / ".tidemark" / "mcp-logs",
+    )
+
+
+async def _run_agent(
+    args: argparse.Namespace,
+    provider: ProviderName,
+    settings: Settings,
+    extra_tools: list[Any],
+    answered: list[RunResult],
+) -> RunResult:
     # Loading a local model blocks for a moment (and joins the model file on first use).
     model = await anyio.to_thread.run_sync(
-        make_model, provider, args.model, settings.context_window
+        make_model, provider, args.model or args.file_config.model, settings.context_window
     )
     progress = make_progress(sys.stderr)
     approver = default_approver(settings.auto_approve)
@@ -318,6 +380,84 @@ async def _main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _chat(args: argparse.Namespace) -> int:
+    """`tidemark chat`: the same agent as `run`, held interactively."""
+    try:
+        import prompt_toolkit  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    except ImportError:
+        raise ConfigError(
+            "tidemark chat needs prompt_toolkit: pip install 'tidemark[chat]'"
+        ) from None
+    from tidemark.chat import ChatApprover, ChatView, run_chat
+    from tidemark.tools import AutoApprover
+
+    config: FileConfig = args.file_config
+    provider: ProviderName = args.provider or config.provider or default_provider()
+    settings = _settings(args, provider, config)
+    extra_tools = _load_tools([*config.tools, *args.tools])
+    async with _mcp_tools(args, config) as mcp_tools:
+        model = await anyio.to_thread.run_sync(
+            make_model, provider, args.model or config.model, settings.context_window
+        )
+        view = ChatView()
+        agent = Agent(
+            model,
+            tools=[*extra_tools, *mcp_tools],
+            settings=settings,
+            approver=AutoApprover() if settings.auto_approve else ChatApprover(view),
+            on_event=follow(view),
+            on_text=view.text,
+            nudge_without_action=provider == "local",
+        )
+        try:
+            return await run_chat(agent, view, args.session)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await model.aclose()
+
+
+def _check_terminal() -> None:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ConfigError(
+            "tidemark chat needs a terminal (stdin and stdout); in scripts use "
+            "`tidemark run TASK` or `tidemark resume --session ID TASK`"
+        )
+
+
+async def _tools_command(args: argparse.Namespace) -> int:
+    """`tidemark tools`: every tool a session would have, and where it comes from."""
+    from tidemark.tools import builtin_tools
+
+    config: FileConfig = args.file_config
+    rows: list[tuple[str, str, bool, str]] = [
+        (t.name, "built-in", t.needs_approval, t.description) for t in builtin_tools()
+    ]
+    for spec in [*config.tools, *args.tools]:
+        rows += [
+            (t.name, f"python {spec}", t.needs_approval, t.description) for t in _load_tools([spec])
+        ]
+    async with _mcp_tools(args, config) as mcp_tools:
+        rows += [(t.name, t.source, t.needs_approval, t.description) for t in mcp_tools]
+    seen: set[str] = set()
+    for name, *_ in rows:
+        if name in seen:
+            raise ConfigError(f"two tools are named {name!r}: rename one (see `tidemark tools`)")
+        seen.add(name)
+    if args.json:
+        for name, source, approval, description in rows:
+            record = {"name": name, "source": source, "needs_approval": approval}
+            print(json.dumps({**record, "description": description}, ensure_ascii=False))
+        return 0
+    width = max(len(name) for name, *_ in rows)
+    source_width = max(len(source) for _, source, *_ in rows)
+    print(f"{'TOOL':<{width}}  {'FROM':<{source_width}}  APPROVAL  DESCRIPTION")
+    for name, source, approval, description in rows:
+        summary = description.strip().splitlines()[0] if description.strip() else ""
+        asks = "asks" if approval else "no"
+        print(f"{name:<{width}}  {source:<{source_width}}  {asks:<8}  {summary[:70]}")
+    return 0
+
+
 def _tidemark_error(exc: BaseException) -> TidemarkError | None:
     """The error to report, also from inside the task groups' exception groups."""
     if isinstance(exc, TidemarkError):
@@ -365,13 +505,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(exc, args)
     log_file: TextIO | None = None
     try:
-        if args.log_json:
+        if getattr(args, "log_json", None):
             try:
                 log_file = Path(args.log_json).open("a", encoding="utf-8")  # noqa: SIM115
             except OSError as exc:
                 raise ConfigError(f"--log-json {args.log_json}: {exc.strerror}") from None
         _check_workspace(args.workspace)
         _check_task(args)
+        args.file_config = load_config(Path(args.workspace).expanduser())
+        if args.command == "tools":
+            return anyio.run(_tools_command, args)
+        if args.command == "chat":
+            _check_terminal()
+            _configure_logging(log_file)
+            try:
+                return anyio.run(_chat, args)  # prompt_toolkit runs on asyncio
+            except KeyboardInterrupt:  # Ctrl-C before the chat took the terminal
+                print("tidemark: interrupted", file=sys.stderr)
+                return 130
         _configure_logging(log_file)
         return anyio.run(_main_async, args)
     except (TidemarkError, BaseExceptionGroup) as exc:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -18,7 +19,7 @@ from tidemark.errors import (
 )
 from tidemark.events import EventSubscriber
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
-from tidemark.model import Model, ModelResponse, ToolSpec
+from tidemark.model import Model, ModelResponse, TextSink, ToolSpec
 from tidemark.prompts import system_prompt
 from tidemark.session import Session
 from tidemark.tool_turn import ToolTurns
@@ -33,7 +34,7 @@ from tidemark.tools import (
 )
 from tidemark.transcript import SessionPaths, load_transcript
 
-__all__ = ["Agent", "RunResult"]
+__all__ = ["Agent", "Conversation", "RunResult"]
 
 # How a run that returned ended (a run that did not finish raises a TidemarkError).
 Outcome = Literal["finished", "nothing_to_do"]
@@ -81,8 +82,10 @@ class Agent:
         approver: Approver | None = None,
         on_event: EventSubscriber | None = None,
         nudge_without_action: bool = False,
+        on_text: TextSink | None = None,
     ) -> None:
         self.model = model
+        self.on_text = on_text  # receives the agent's reply text as it streams
         self.settings = settings or Settings()
         self.toolset = Toolset([*(builtin_tools() if builtin else []), *tools])
         self.approver = approver or default_approver(self.settings.auto_approve)
@@ -154,6 +157,39 @@ class Agent:
             return RunResult(paths.session_id, "nothing_to_do", 0, "", paths)
         return await self._drive(session, wait_for_memory, on_answer)
 
+    @asynccontextmanager
+    async def conversation(
+        self, session_id: str | None = None, *, resume: bool = False
+    ) -> AsyncGenerator[Conversation]:
+        """A session that takes one user message after another (`tidemark chat`).
+
+        Its memory updates run in the background between messages, while the user types.
+        ``resume`` continues the session `session_id` (the latest when None).
+        """
+        if resume:
+            paths = SessionPaths.find(self.workspace, session_id)
+            reap_leftover_processes(paths.processes)
+        else:
+            paths = SessionPaths.create(self.workspace)
+        session = self._session(paths, resumed=resume)
+        # Turn numbers go on from the session's earlier ones (events and inspect show them).
+        session.turns = sum(1 for m in session.transcript if m.origin == "model")
+        self._started(session, "", resumed=resume)
+        _answer_pending(session)
+        try:
+            async with anyio.create_task_group() as tg:
+                session.bind(tg)
+                try:
+                    yield Conversation(self, session)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            _answer_pending(session)
+            session.events.emit(
+                "session_finished", outcome="finished", turns=session.turns, exit_code=0
+            )
+            session.close()
+
     def _started(self, session: Session, task: str, *, resumed: bool) -> None:
         session.events.emit(
             "session_started",
@@ -206,24 +242,7 @@ class Agent:
             failure.session_id = session_id
         if failure is not None:
             raise failure
-        turns = session.turns
-        if ending == "turn_limit":
-            raise TurnLimitError(
-                f"the agent hit the turn cap ({self.settings.max_turns} turns) before finishing",
-                session_id=session_id,
-            )
-        if ending == "empty_reply":
-            raise NoAnswerError(
-                f"the model ended turn {turns} with an empty reply, not an answer (resume with "
-                'an instruction, e.g. "answer from what you found")',
-                session_id=session_id,
-            )
-        if ending == "repeated_calls":
-            raise NoAnswerError(
-                f"the model kept repeating the same tool calls after being told (turn {turns}), "
-                "with no answer (resume with a more precise instruction)",
-                session_id=session_id,
-            )
+        _raise_unfinished(ending, session, self.settings)
         return _result(session)
 
     async def _turns(self, session: Session) -> Ending:
@@ -235,7 +254,8 @@ class Agent:
         tool_turns = ToolTurns(self.toolset, self.approver, ctx)
         acted = any(m.tool_uses for m in session.transcript)
         nudged = False
-        for turn in range(1, self.settings.max_turns + 1):
+        first = session.turns + 1  # a conversation numbers its turns across messages
+        for turn in range(first, first + self.settings.max_turns):
             session.turns = turn
             await session.compact_if_needed()
             # After compaction, so an update's snapshot is the context the next turn sends
@@ -255,12 +275,13 @@ class Agent:
             must_act = self.nudge_without_action and not acted
             try:
                 response = await self.model.generate(
-                    session.request(self.settings.max_output_tokens, must_act=must_act)
+                    session.request(self.settings.max_output_tokens, must_act=must_act),
+                    self.on_text,
                 )
             except ContextTooLongError:
                 await session.compact_if_needed(force=True)
                 response = await self.model.generate(
-                    session.request(self.settings.max_output_tokens)
+                    session.request(self.settings.max_output_tokens), self.on_text
                 )
             # The API rejects whitespace-only text blocks: never keep one in the transcript.
             content = [
@@ -341,9 +362,64 @@ def _exit_code(ending: Ending, failure: BaseException | None) -> int:
     return {"finished": 0, "nothing_to_do": 0, **_UNFINISHED}.get(ending, 130)
 
 
+def _raise_unfinished(ending: Ending, session: Session, settings: Settings) -> None:
+    """A run that ended without an answer raises: it is not a finished task."""
+    session_id, turns = session.paths.session_id, session.turns
+    if ending == "turn_limit":
+        raise TurnLimitError(
+            f"the agent hit the turn cap ({settings.max_turns} turns) before finishing",
+            session_id=session_id,
+        )
+    if ending == "empty_reply":
+        raise NoAnswerError(
+            f"the model ended turn {turns} with an empty reply, not an answer (resume with "
+            'an instruction, e.g. "answer from what you found")',
+            session_id=session_id,
+        )
+    if ending == "repeated_calls":
+        raise NoAnswerError(
+            f"the model kept repeating the same tool calls after being told (turn {turns}), "
+            "with no answer (resume with a more precise instruction)",
+            session_id=session_id,
+        )
+
+
 def _result(session: Session) -> RunResult:
     final = session.context[-1].text if session.context else ""
     return RunResult(session.paths.session_id, "finished", session.turns, final, session.paths)
+
+
+class Conversation:
+    """One open session of `Agent.conversation`: send a message, get the agent's answer."""
+
+    def __init__(self, agent: Agent, session: Session) -> None:
+        self.agent = agent
+        self.session = session
+
+    @property
+    def session_id(self) -> str:
+        return self.session.paths.session_id
+
+    async def send(self, text: str) -> RunResult:
+        """Add the user's message and run turns until the agent answers.
+
+        When cancelled (the user interrupts), the transcript stays valid: an unanswered
+        tool call gets an error result. Errors of the model raise as from `Agent.run`.
+        """
+        session = self.session
+        session.add(Message.user_text(text))
+        try:
+            ending = await self.agent._turns(session)  # pyright: ignore[reportPrivateUsage]
+        finally:
+            _answer_pending(session)
+        # The user's think time is the memory's time: an update due now runs meanwhile.
+        session.schedule_update()
+        _raise_unfinished(ending, session, self.agent.settings)
+        return _result(session)
+
+    async def wait_for_memory(self, timeout_s: float) -> None:
+        """Let an update in flight commit (bounded), e.g. before leaving."""
+        await self.session.updater.wait_idle(timeout_s)
 
 
 def _answer_pending(session: Session) -> None:

@@ -25,7 +25,7 @@ from typing import Any, cast
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
-__all__ = ["CommandResult", "reap_leftover_processes", "run_command"]
+__all__ = ["CommandResult", "reap_leftover_processes", "run_command", "supervised_argv"]
 
 _GRACE_SECONDS = 0.5
 _DRAIN_SECONDS = 2.0
@@ -60,6 +60,15 @@ status = os.waitpid(child, 0)[1]
 code = os.waitstatus_to_exitcode(status)
 os._exit(code if code >= 0 else 128 - code)
 """
+
+
+def supervised_argv(argv: list[str]) -> list[str]:
+    """`argv` run under the supervisor: its whole process group ends when the runtime dies.
+
+    The caller must start it as a new session (``start_new_session=True``) so that the
+    group holds the program and everything it starts, and nothing else.
+    """
+    return [sys.executable, "-I", "-S", "-c", _SUPERVISOR, str(os.getpid()), *argv]
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,7 @@ async def run_command(
 ) -> CommandResult:
     """Run ``bash -c command``; on timeout or cancellation its whole process group ends."""
     process = await anyio.open_process(
-        [sys.executable, "-I", "-S", "-c", _SUPERVISOR, str(os.getpid()), "bash", "-c", command],
+        supervised_argv(["bash", "-c", command]),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
