@@ -130,26 +130,24 @@ def test_a_library_run_never_loads_the_terminal_ui() -> None:
 # -- errors and types ------------------------------------------------------------------------
 
 
-def _memory_fails(error: Exception) -> ScriptedModel:
-    def memory(_request: ModelRequest) -> ModelResponse:
+def _turn_fails(error: Exception) -> ScriptedModel:
+    """A model whose second turn raises `error` (a background memory update that fails is
+    contained instead: see tests/test_containment.py)."""
+
+    def turn(_request: ModelRequest) -> ModelResponse:
         raise error
 
-    steps = [ScriptedModel.call("read_file", path="a.txt") for _ in range(6)]
-    return ScriptedModel([*steps, ScriptedModel.reply("done")], memory=memory)
-
-
-def _small_memory_settings(workspace: Path) -> Settings:
-    return Settings(workspace=workspace, memory_init_tokens=200, memory_update_tokens=100)
+    return ScriptedModel([ScriptedModel.call("read_file", path="a.txt"), turn])
 
 
 @pytest.mark.anyio
-async def test_a_failure_in_a_background_update_reaches_the_caller_as_a_tidemark_error(
+async def test_a_failure_inside_the_session_reaches_the_caller_as_a_tidemark_error(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "a.txt").write_text("x\n" * 500)
-    model = _memory_fails(ProviderUnavailableError("the model was unloaded"))
+    model = _turn_fails(ProviderUnavailableError("the model was unloaded"))
     with pytest.raises(ProviderUnavailableError, match="unloaded") as caught:
-        await Agent(model, settings=_small_memory_settings(tmp_path)).run("read a.txt")
+        await Agent(model, settings=Settings(workspace=tmp_path)).run("read a.txt")
     assert caught.value.session_id is not None
     events = [json.loads(line) for line in _events_file(tmp_path).read_text().splitlines()]
     assert events[-1]["event"] == "session_finished"
@@ -157,13 +155,13 @@ async def test_a_failure_in_a_background_update_reaches_the_caller_as_a_tidemark
 
 
 @pytest.mark.anyio
-async def test_a_bug_in_a_background_update_raises_itself_not_an_exception_group(
+async def test_a_bug_inside_the_session_raises_itself_not_an_exception_group(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "a.txt").write_text("x\n" * 500)
-    model = _memory_fails(RuntimeError("a bug"))
+    model = _turn_fails(RuntimeError("a bug"))
     with pytest.raises(RuntimeError, match="a bug"):
-        await Agent(model, settings=_small_memory_settings(tmp_path)).run("read a.txt")
+        await Agent(model, settings=Settings(workspace=tmp_path)).run("read a.txt")
 
 
 @pytest.mark.anyio
