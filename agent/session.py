@@ -221,14 +221,13 @@ class Session:
         if position <= covered:
             return
         room = self.settings.context_window - self.settings.memory_update_output_tokens
-        needed = (
-            self.preamble_tokens
-            + self.counter.messages(self.context[: j + 1])
-            + 2 * self.settings.memory_limit_tokens  # the memory, in the instruction
-        )
+        prefix = self.preamble_tokens + self.counter.messages(self.context[: j + 1])
+        needed = prefix + 2 * self.settings.memory_limit_tokens  # the memory, in the instruction
         if needed * self._calibrate() > room:
             return  # would not fit the window; the next compaction makes room
-        claim = self._claim(j, covered, room=int(room / self.calibration) - needed)
+        # What the window leaves beside the prefix and the instruction (with today's memory).
+        instruction = self.counter.estimate(self.updater.document.render(self.record)) + 1_000
+        claim = self._claim(j, covered, room=int(room / self.calibration) - prefix - instruction)
         if claim is None:
             return
         position, originals = claim
