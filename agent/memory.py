@@ -22,6 +22,7 @@ __all__ = [
     "MemoryStore",
     "MemoryUpdateError",
     "RuntimeRecord",
+    "head_and_tail",
     "merge_update",
     "render_template",
     "validate_document",
@@ -102,12 +103,17 @@ def _drop_kept(body: str) -> str:
 
 @dataclass
 class RuntimeRecord:
-    """Facts the runtime keeps itself, not the model."""
+    """Facts the runtime keeps itself, not the model.
+
+    Each kept subsection is held to ``kept_chars`` (half a section's limit by default), so
+    the file as written stays within the memory's limits with room left for the model.
+    """
 
     user_messages: list[str] = field(default_factory=list[str])
     files_read: list[str] = field(default_factory=list[str])
     files_modified: list[str] = field(default_factory=list[str])
     last_error: str | None = None
+    kept_chars: int = 4_000
 
     def note_file(self, path: str, modified: bool) -> None:
         target = self.files_modified if modified else self.files_read
@@ -116,25 +122,50 @@ class RuntimeRecord:
         target.append(path)
         del target[:-30]
 
+    def note_error(self, text: str) -> None:
+        # Bounded here too: a failing command's output can be large.
+        self.last_error = head_and_tail(text, 20_000)
+
     def subsections(self) -> dict[str, str]:
         kept: dict[str, str] = {}
+        room = max(200, self.kept_chars)
         if self.user_messages:
-            quoted = "\n\n".join(
-                "> " + _clip(t, 2000).replace("\n", "\n> ") for t in self.user_messages[-5:]
-            )
-            kept["Task specification"] = f"## The user's words {KEPT_MARK}\n{quoted}"
+            header = f"## The user's words {KEPT_MARK}\n"
+            quoted: list[str] = []
+            used = len(header)
+            # Newest first: the latest instructions matter most; older ones are in context.
+            for text in reversed(self.user_messages[-5:]):
+                left = room - used - 4
+                if left < 80:
+                    break
+                quote = "> " + _clip(text, left).replace("\n", "\n> ")
+                if len(quote) > left:
+                    quote = _clip(quote, left)
+                quoted.insert(0, quote)
+                used += len(quote) + 2
+            kept["Task specification"] = header + "\n\n".join(quoted)
         if self.files_read or self.files_modified:
             lines: list[str] = []
             if self.files_modified:
-                lines.append("- modified: " + ", ".join(self.files_modified))
+                lines.append("- modified: " + ", ".join(reversed(self.files_modified)))
             if self.files_read:
-                lines.append("- read: " + ", ".join(self.files_read))
-            kept["Files and Functions"] = f"## Files touched {KEPT_MARK}\n" + "\n".join(lines)
+                lines.append("- read: " + ", ".join(reversed(self.files_read)))
+            body = _clip("\n".join(lines), room - 40)
+            kept["Files and Functions"] = f"## Files touched {KEPT_MARK}\n" + body
         if self.last_error:
-            kept["Errors & Corrections"] = (
-                f"## Last tool error {KEPT_MARK}\n{_clip(self.last_error, 500)}"
-            )
+            error = head_and_tail(self.last_error, min(room - 40, 1_500))
+            kept["Errors & Corrections"] = f"## Last tool error {KEPT_MARK}\n{error}"
         return kept
+
+
+def head_and_tail(text: str, limit: int) -> str:
+    """At most ``limit`` chars: the start and the end (where a traceback names its error)."""
+    if len(text) <= limit:
+        return text
+    marker = f"\n[... {len(text) - limit:,} chars cut ...]\n"
+    keep = max(0, limit - len(marker))
+    head = keep * 2 // 5
+    return text[:head] + marker + text[len(text) - (keep - head) :]
 
 
 def _clip(text: str, limit: int) -> str:
@@ -157,16 +188,20 @@ class MemoryDocument:
     def is_empty(self) -> bool:
         return not any(_drop_kept(b) for b in self.sections.values())
 
-    def render(self, record: RuntimeRecord | None = None, *, marker: bool = False) -> str:
+    def section_texts(self, record: RuntimeRecord | None = None) -> dict[str, str]:
+        """Each section as written: heading, description, kept subsection, the model's body."""
         kept = record.subsections() if record else {}
-        chunks: list[str] = []
+        out: dict[str, str] = {}
         for heading, description in SECTIONS:
             body = _drop_kept(self.sections.get(heading, ""))
-            extra = kept.get(heading)
-            parts = [p for p in (extra, body) if p]
-            chunks.append(
-                f"# {heading}\n_{description}_\n" + ("\n" + "\n\n".join(parts) if parts else "")
+            parts = [p for p in (kept.get(heading), body) if p]
+            out[heading] = f"# {heading}\n_{description}_\n" + (
+                "\n" + "\n\n".join(parts) if parts else ""
             )
+        return out
+
+    def render(self, record: RuntimeRecord | None = None, *, marker: bool = False) -> str:
+        chunks = self.section_texts(record).values()
         text = "\n\n".join(c.rstrip() for c in chunks) + "\n"
         if marker and self.covers_message_id:
             text += (
@@ -182,13 +217,20 @@ def merge_update(current: MemoryDocument, reply: str) -> dict[str, str]:
     """Sections after applying a model reply: the changed sections only, or the whole document.
 
     A reply of exactly ``NO CHANGES`` keeps the document as it is. A reply with no known
-    heading is rejected. Kept subsections in the reply are ignored.
+    heading is rejected, and so is a whole-document rewrite (more than half the headings)
+    that drops one. Kept subsections in the reply are ignored.
     """
     if reply.strip().strip(".").upper() == NO_CHANGES:
         return dict(current.sections)
     parsed = parse_sections(reply)
     if not parsed:
         raise MemoryUpdateError("the update contains none of the memory's headings")
+    if len(parsed) > len(HEADINGS) // 2:
+        # More than half the headings: a rewrite of the whole document, which must keep
+        # every heading (a dropped one is not refilled from the old document).
+        missing = [h for h in HEADINGS if h not in parsed]
+        if missing:
+            raise MemoryUpdateError(f"the update drops headings: {', '.join(missing)}")
     merged = dict(current.sections)
     for heading, body in parsed.items():
         merged[heading] = _drop_kept(body)
@@ -201,25 +243,26 @@ def validate_document(
     estimate: Callable[[str], int],
     max_tokens: int,
     section_tokens: int,
+    record: RuntimeRecord | None = None,
 ) -> None:
     """Raise MemoryUpdateError unless every heading is there, it is not empty, and within limits.
 
-    Sections may run over their soft limit by half before the update is refused; the total
-    limit is hard.
+    The limits apply to the file as it would be written: each section with the runtime's
+    own subsections, and the whole rendered document.
     """
     missing = [h for h in HEADINGS if h not in sections]
     if missing:
         raise MemoryUpdateError(f"the update drops headings: {', '.join(missing)}")
-    if not any(b.strip() for b in sections.values()):
+    if not any(_drop_kept(b) for b in sections.values()):
         raise MemoryUpdateError("the update is empty")
-    total = 0
-    for heading in HEADINGS:
-        size = estimate(sections[heading])
-        total += size
-        if size > section_tokens * 3 // 2:
+    document = MemoryDocument(sections=sections)
+    for heading, text in document.section_texts(record).items():
+        size = estimate(text)
+        if size > section_tokens:
             raise MemoryUpdateError(
                 f"section {heading!r} is {size} tokens, over the limit of {section_tokens}"
             )
+    total = estimate(document.render(record, marker=True))
     if total > max_tokens:
         raise MemoryUpdateError(f"the memory is {total} tokens, over the limit of {max_tokens}")
 

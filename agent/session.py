@@ -26,6 +26,7 @@ from tidemark.messages import Message, ToolResultBlock, ToolUseBlock, Usage
 from tidemark.model import Model, ModelRequest, ToolSpec
 from tidemark.storage import read_jsonl
 from tidemark.tokens import TokenCounter
+from tidemark.tools.builtin.shell import command_failed
 from tidemark.transcript import SessionPaths, TranscriptState, TranscriptWriter
 from tidemark.updater import MemoryUpdater, Snapshot, UpdatePolicy
 
@@ -65,7 +66,8 @@ class Session:
         self.positions: dict[str, int] = {}
         self.cumulative: list[int] = []  # transcript tokens up to and including each message
         self.context: list[Message] = []
-        self.record = RuntimeRecord()
+        # The runtime's own subsections take at most half a section each (as characters).
+        self.record = RuntimeRecord(kept_chars=settings.memory_section_limit_tokens * 2)
         self.compactions = 0
         self.turns = 0
         self._compacted_turn: int | None = None  # the turn of the latest compaction
@@ -149,8 +151,8 @@ class Session:
         path = tool_input.get("path")
         if isinstance(path, str) and not result.is_error and name in _READS | _WRITES:
             self.record.note_file(path, modified=name in _WRITES)
-        if result.is_error:
-            self.record.last_error = f"{name}: {result.content[:300]}"
+        if result.is_error or (name == "bash" and command_failed(result.content)):
+            self.record.note_error(f"{name}: {result.content}")
 
     def request(self, max_tokens: int, *, must_act: bool = False) -> ModelRequest:
         previous_end = next(
@@ -221,14 +223,13 @@ class Session:
         if position <= covered:
             return
         room = self.settings.context_window - self.settings.memory_update_output_tokens
-        needed = (
-            self.preamble_tokens
-            + self.counter.messages(self.context[: j + 1])
-            + 2 * self.settings.memory_limit_tokens  # the memory, in the instruction
-        )
+        prefix = self.preamble_tokens + self.counter.messages(self.context[: j + 1])
+        needed = prefix + 2 * self.settings.memory_limit_tokens  # the memory, in the instruction
         if needed * self._calibrate() > room:
             return  # would not fit the window; the next compaction makes room
-        claim = self._claim(j, covered, room=int(room / self.calibration) - needed)
+        # What the window leaves beside the prefix and the instruction (with today's memory).
+        instruction = self.counter.estimate(self.updater.document.render(self.record)) + 1_000
+        claim = self._claim(j, covered, room=int(room / self.calibration) - prefix - instruction)
         if claim is None:
             return
         position, originals = claim

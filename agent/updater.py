@@ -140,6 +140,15 @@ class MemoryUpdater:
             # sees it before this task runs again.
             await self._idle.wait()
 
+    @property
+    def output_budget(self) -> int:
+        """Output tokens an update may use: enough for a whole rewrite of a full memory.
+
+        Updates usually write a few changed sections; the budget is a cap, not a cost.
+        """
+        whole = self.settings.memory_limit_tokens * 5 // 4
+        return max(self.settings.memory_update_output_tokens, whole)
+
     async def wait_idle(self, timeout_s: float) -> float:
         """Wait up to `timeout_s` for the update in flight; returns the ms waited."""
         if not self.running or timeout_s <= 0:
@@ -254,7 +263,7 @@ class MemoryUpdater:
             system=self.system,
             messages=[*snapshot.messages, Message.user_text(instruction, origin="runtime")],
             tools=self.tools,
-            max_tokens=self.settings.memory_update_output_tokens,
+            max_tokens=self.output_budget,
             purpose="session-memory",
             cache_breakpoint=len(snapshot.messages) - 1,
             tool_choice="none",
@@ -278,6 +287,7 @@ class MemoryUpdater:
             estimate=self.counter.estimate,
             max_tokens=self.settings.memory_limit_tokens,
             section_tokens=self.settings.memory_section_limit_tokens,
+            record=self.record,
         )
         return MemoryDocument(
             sections=sections, covers_message_id=snapshot.boundary_id, update=update

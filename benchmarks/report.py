@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,6 +129,7 @@ def side_by_side(results: Sequence[StrategyResult], params: Params) -> str:
         ratio=False,
         per_compaction=True,
     )
+    rows += fidelity_rows(results)
     rows += row("input tokens, uncached (all requests)", lambda r: r.total("input"), num)
     rows += row("cache writes", lambda r: r.total("cache_write"), num)
     rows += row("cache reads", lambda r: r.total("cache_read"), num)
@@ -168,6 +170,62 @@ def side_by_side(results: Sequence[StrategyResult], params: Params) -> str:
     )
 
 
+def missed_target(r: StrategyResult) -> int:
+    """Compactions whose first request after was over half of --compact-at (server count)."""
+    return sum(1 for c in r.compactions if c.after_input > r.compact_at // 2)
+
+
+def turn_gaps(r: StrategyResult) -> list[int]:
+    at = [c.after_turn_index for c in r.compactions if c.after_turn_index >= 0]
+    return [b - a for a, b in itertools.pairwise(at)]
+
+
+def retention(r: StrategyResult) -> list[float]:
+    return [c.facts_kept / c.facts_seen for c in r.compactions if c.facts_seen]
+
+
+def fidelity_rows(results: Sequence[StrategyResult]) -> list[list[str]]:
+    """Faithfulness, every figure from the server's records."""
+
+    def per(fn: Callable[[StrategyResult], str], *, compactions: bool = True) -> list[str]:
+        return [fn(r) if r.compactions or not compactions else "–" for r in results]
+
+    def ratio(r: StrategyResult) -> str:
+        values = [c.after_input / r.compact_at for c in r.compactions if r.compact_at]
+        return f"{_median(values):.2f} / {max(values, default=0):.2f}"
+
+    def cache(r: StrategyResult) -> str:
+        values = [c.after_cache_read / c.after_input for c in r.compactions if c.after_input]
+        return f"{_median(values):.2f}"
+
+    def kept(r: StrategyResult) -> str:
+        values = retention(r)
+        if not values:
+            return "–"
+        return f"{_median(values):.0%} / {min(values):.0%}"
+
+    def end(r: StrategyResult) -> str:
+        if not r.facts_seen_end:
+            return "–"
+        return f"{r.facts_kept_end / r.facts_seen_end:.0%} ({r.facts_kept_end}/{r.facts_seen_end})"
+
+    return [
+        [
+            "results covered without being seen",
+            *per(lambda r: str(r.unseen_covered), compactions=False),
+        ],
+        [
+            "compactions that missed the target (> ½ --compact-at)",
+            *per(lambda r: str(missed_target(r))),
+        ],
+        ["1st request after compaction ÷ --compact-at (median / max)", *per(ratio)],
+        ["fewest turns between compactions", *per(lambda r: str(min(turn_gaps(r), default="–")))],
+        ["cache reads ÷ input, 1st turn after compaction (median)", *per(cache)],
+        ["planted facts kept after compaction (median / min)", *per(kept)],
+        ["planted facts kept at the end", *per(end, compactions=False)],
+    ]
+
+
 def compaction_table(results: Sequence[StrategyResult]) -> str:
     rows: list[list[str]] = []
     for r in results:
@@ -187,6 +245,9 @@ def compaction_table(results: Sequence[StrategyResult]) -> str:
                     if r.name.startswith("tidemark") and c.memory_lag_tokens is not None
                     else "–",
                     str(c.tool_results_cleared) if c.tool_results_cleared is not None else "–",
+                    f"{c.after_input / r.compact_at:.2f}" if r.compact_at else "–",
+                    f"{c.after_cache_read / c.after_input:.2f}" if c.after_input else "–",
+                    f"{c.facts_kept}/{c.facts_seen}" if c.facts_seen else "–",
                 ]
             )
     header = [
@@ -201,6 +262,9 @@ def compaction_table(results: Sequence[StrategyResult]) -> str:
         "TTFT before → after",
         "memory lag (tokens)",
         "results tombstoned",
+        "1st after ÷ --compact-at",
+        "cache reads ÷ input after",
+        "planted facts kept",
     ]
     return _table(header, rows)
 
@@ -309,6 +373,22 @@ def targets(
             str(tm.blocking_calls),
         )
         check("zero invalid requests", not tm.invalid, str(len(tm.invalid)))
+        check("0 results covered unseen", tm.unseen_covered == 0, str(tm.unseen_covered))
+        check(
+            "every 1st request after compaction ≤ ½ --compact-at (server count)",
+            missed_target(tm) == 0,
+            f"{missed_target(tm)} of {len(tm.compactions)} missed",
+        )
+        gap = min(turn_gaps(tm), default=None)
+        check("≥ 3 turns between compactions", gap is None or gap >= 3, str(gap))
+        blocking = by.get("blocking")
+        if blocking is not None and retention(blocking) and retention(tm):
+            ours, theirs = min(retention(tm)), min(retention(blocking))
+            check(
+                "planted-fact retention ≥ blocking summary's (worst compaction)",
+                ours >= theirs,
+                f"{ours:.0%} vs {theirs:.0%}",
+            )
         for peer in ("blocking", "langchain"):
             other = by.get(peer)
             if other is None or not other.stalls or not tm.stalls:

@@ -22,8 +22,11 @@ from benchmarks.classic import TASK
 from benchmarks.params import Params
 from benchmarks.prices import cost
 from benchmarks.script import StepScript
+from tests.support.coverage import haystack, unseen_by_memory, unseen_by_summaries
 from tests.support.fakeapi import FakeMessagesAPI, LatencyModel, RecordedRequest
-from tests.support.sessions import LongSession, write_repository
+from tests.support.sessions import LongSession, facts_in, write_repository
+from tidemark.messages import Message
+from tidemark.transcript import load_transcript
 
 __all__ = ["LABELS", "Compaction", "StrategyResult", "percentile", "run_strategy"]
 
@@ -80,6 +83,10 @@ class Compaction:
     after_uncached: int = 0
     before_ttft_ms: float = 0.0
     after_ttft_ms: float = 0.0
+    after_cache_read: int = 0  # cache reads of the first turn after it
+    after_turn_index: int = -1  # index of that turn among the turn requests
+    facts_seen: int = 0  # planted facts the session's requests had carried by then
+    facts_kept: int = 0  # ... of which the first turn after it still carries (context + memory)
 
 
 @dataclass
@@ -99,6 +106,10 @@ class StrategyResult:
     memory_updates: int = 0
     memory_update_s: list[float] = field(default_factory=list[float])
     blocking_calls: int = 0
+    compact_at: int = 0
+    unseen_covered: int = 0  # tool results (and inputs) a memory or summary claimed unseen
+    facts_seen_end: int = 0  # planted facts seen by the end of the session
+    facts_kept_end: int = 0  # ... still in the last turn's request (context + memory)
 
     @property
     def stalls(self) -> list[float]:
@@ -184,6 +195,7 @@ def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
         )
         wall = time.monotonic() - started
         records = list(api.requests)
+    transcript = _transcript(ws)
     runner: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     if name.startswith("tidemark"):
         runner = {
@@ -192,7 +204,47 @@ def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
         }
     elif not runner:
         runner = {"outcome": f"exit {proc.returncode}", "error": proc.stderr[-500:]}
-    return _result(name, params, runner, records, _events(ws), wall, session)
+    result = _result(name, params, runner, records, _events(ws), wall, session)
+    _fidelity(result, records, _events(ws), transcript)
+    return result
+
+
+def _transcript(ws: Path) -> list[Message]:
+    found = sorted(ws.glob(".tidemark/sessions/*/transcript.jsonl"))
+    return load_transcript(found[-1]).messages if found else []
+
+
+def _fidelity(
+    result: StrategyResult,
+    records: list[RecordedRequest],
+    events: list[dict[str, Any]],
+    transcript: list[Message],
+) -> None:
+    """What the server's records say about faithfulness: unseen coverage, planted facts."""
+    ok = [r for r in records if r.status == 200 and r.usage is not None]
+    turns = [r for r in ok if r.purpose == "turn"]
+    if result.name.startswith("tidemark"):
+        memory = [r for r in records if r.purpose == "session-memory"]
+        result.unseen_covered = len(unseen_by_memory(events, transcript, memory))
+    else:
+        compacts = [r for r in ok if r.purpose == "compact"]
+        result.unseen_covered = unseen_by_summaries(turns, compacts)
+    # Planted facts: one per file; "seen" once a turn request carried it, "kept" when the
+    # request in question (context and memory or summary) still carries it.
+    seen: set[str] = set()
+    seen_by_turn: list[set[str]] = []
+    for turn in turns:
+        seen |= facts_in(haystack(turn))
+        seen_by_turn.append(set(seen))
+    for c in result.compactions:
+        k = c.after_turn_index
+        if 0 < k < len(turns):
+            before = seen_by_turn[k - 1]
+            c.facts_seen = len(before)
+            c.facts_kept = len(before & facts_in(haystack(turns[k])))
+    if turns:
+        result.facts_seen_end = len(seen)
+        result.facts_kept_end = len(seen & facts_in(haystack(turns[-1])))
 
 
 def _events(ws: Path) -> list[dict[str, Any]]:
@@ -274,6 +326,7 @@ def _result(
         invalid=invalid,
         overflow=overflow,
         blocking_calls=len(compacts),
+        compact_at=params.compact_at,
     )
     if overflow:
         result.outcome = f"overflowed after {len(turns)} turns"
@@ -314,6 +367,7 @@ def _fill_turns(
         c.before_input = _total_input(before)
         c.before_ttft_ms = _ttft_ms(before, scale)
     if after is not None:
+        c.after_cache_read = (after.usage or {}).get("cache_read_input_tokens", 0)
         c.after_input = _total_input(after)
         c.after_uncached = _uncached(after)
         c.after_ttft_ms = _ttft_ms(after, scale)
@@ -355,6 +409,7 @@ def _tidemark_compactions(
         if turn is not None:
             before = turns[turn - 2] if 2 <= turn <= len(turns) + 1 else None
             after = turns[turn - 1] if turn <= len(turns) else None
+            c.after_turn_index = turn - 1 if after is not None else -1
             _fill_turns(c, before, after, scale)
         result.compactions.append(c)
 
@@ -378,6 +433,7 @@ def _langchain_compactions(
         )
         before = next((r for r in reversed(turns) if r.started_at < s["start"]), None)
         after = next((r for r in turns if r.started_at >= s["end"]), None)
+        c.after_turn_index = turns.index(after) if after is not None else -1
         _fill_turns(c, before, after, scale)
         result.compactions.append(c)
         del k

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.coverage import request_strings, unseen_by_memory
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text
 from tests.support.sessions import LongSession, memory_reply, write_repository
 from tidemark import Agent, Settings
@@ -71,56 +72,14 @@ def _slow_memory(delay_s: float) -> Any:
 # -- what the server received ------------------------------------------------------------------
 
 
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]  # pyright: ignore
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]  # pyright: ignore
-    return []
-
-
-def _haystack(request: RecordedRequest) -> str:
-    """Every string the request's messages carry (texts, tool inputs, tool results)."""
-    return "\x00".join(_strings(request.body.get("messages", [])))
-
-
-def _needles(message: Message) -> list[tuple[str, str]]:
-    """(what, text) for every piece of content the memory may only claim after seeing it."""
-    out: list[tuple[str, str]] = []
-    for block in message.content:
-        if block.type == "tool_result":
-            out.append((f"tool_result {block.tool_use_id}", block.content))
-        elif block.type == "tool_use":
-            out += [(f"tool_use {block.id} input", s) for s in _strings(block.input)]
-        elif block.type == "text" and message.role == "assistant":
-            out.append((f"assistant text {message.id}", block.text))
-    return out
-
-
 def unseen_coverage(api: FakeMessagesAPI, result: Any) -> list[str]:
     """Content each committed update newly covers but did not receive verbatim."""
     events = _events(result.paths)
+    memory_requests = api.requests_for("session-memory")
+    started = [e for e in events if e["event"] == "memory_update_started"]
+    assert len(started) == len(memory_requests)
     transcript = load_transcript(result.paths.transcript).messages
-    position = {m.id: i for i, m in enumerate(transcript)}
-    requests = api.requests_for("session-memory")
-    started = [e["update"] for e in events if e["event"] == "memory_update_started"]
-    assert len(started) == len(requests)
-    missing: list[str] = []
-    covered = -1
-    for e in events:
-        if e["event"] != "memory_update_committed":
-            continue
-        request = requests[started.index(e["update"])]
-        haystack = _haystack(request)
-        end = position[e["covers_message_id"]]
-        for message in transcript[covered + 1 : end + 1]:
-            for what, needle in _needles(message):
-                if needle not in haystack:
-                    missing.append(f"update {e['update']}: {what}")
-        covered = max(covered, end)
-    return missing
+    return unseen_by_memory(events, transcript, memory_requests)
 
 
 def first_requests_after_compactions(
@@ -207,8 +166,8 @@ async def test_a_rejected_update_tells_the_next_update_request_why(tmp_path: Pat
     requests = api.requests_for("session-memory")
     assert len(requests) >= 3
     reason = failed[0]["error"]
-    assert reason in "\x00".join(_strings(requests[2].body["messages"][-1]))
-    assert reason not in "\x00".join(_strings(requests[1].body["messages"][-1]))
+    assert reason in "\x00".join(request_strings(requests[2].body["messages"][-1]))
+    assert reason not in "\x00".join(request_strings(requests[1].body["messages"][-1]))
 
 
 def test_resume_rebuilds_a_context_with_stubs_and_tombstones(tmp_path: Path) -> None:
@@ -241,3 +200,32 @@ def test_resume_rebuilds_a_context_with_stubs_and_tombstones(tmp_path: Path) -> 
     state = load_transcript(tmp_path / "transcript.jsonl")
     assert state.messages == messages
     assert state.context == result.context
+
+
+async def test_a_failing_command_is_the_last_error_the_memory_keeps_with_its_last_line(
+    tmp_path: Path,
+) -> None:
+    from tests.support.fakeapi import tool_calls
+
+    (tmp_path / "run_tests.py").write_text(
+        "for n in range(400):\n    print(f'collecting case {n}: ' + 'x' * 40)\n"
+        "raise ValueError('restock level went negative')\n"
+    )
+    turns = [
+        tool_calls(("bash", {"command": "python3 run_tests.py"})),
+        *(tool_calls(("list_files", {"pattern": f"*{n}*"})) for n in range(4)),
+        text("The test run fails: restock goes negative."),
+    ]
+    script = Script(turns, memory=memory_reply)
+    with FakeMessagesAPI(script) as api:
+        result = await _run(
+            api, tmp_path, memory_init_tokens=0, memory_update_tokens=0, memory_tool_calls=1
+        )
+    events = _events(result.paths)
+    assert any(e["event"] == "memory_update_committed" for e in events)
+    memory = result.paths.memory.read_text()
+    kept = memory.split("## Last tool error (kept by tidemark)\n", 1)[1].split("\n# ", 1)[0]
+    assert kept.startswith("bash: collecting case 0")
+    assert "ValueError: restock level went negative" in kept
+    assert "[exit code: 1]" in kept
+    assert api.invalid_requests == []

@@ -117,3 +117,71 @@ def test_a_heading_inside_a_code_block_does_not_cut_the_section() -> None:
 def test_an_explicit_no_changes_reply_keeps_the_document() -> None:
     current = MemoryDocument(sections=merge_update(MemoryDocument.empty(), "# Worklog\n- a"))
     assert merge_update(current, "NO CHANGES.") == current.sections
+
+
+def test_a_whole_document_rewrite_that_drops_a_heading_is_rejected_not_refilled() -> None:
+    current = MemoryDocument(sections={h: f"old {h}" for h in HEADINGS})
+    rewrite = "\n\n".join(f"# {h}\nnew {h}" for h in HEADINGS if h != "Learnings")
+    with pytest.raises(MemoryUpdateError, match="drops headings: Learnings"):
+        merge_update(current, rewrite)
+
+
+def test_a_section_one_token_over_its_limit_is_rejected() -> None:
+    empty = {h: "" for h in HEADINGS}
+    head = MemoryDocument(sections=empty | {"Learnings": "x"}).section_texts()["Learnings"]
+    # With its heading and description line the section is 8,001 chars: 2,001 tokens.
+    sections = empty | {"Learnings": "x" * (8_001 - len(head) + 1)}
+    with pytest.raises(
+        MemoryUpdateError, match="'Learnings' is 2001 tokens, over the limit of 2000"
+    ):
+        _check(sections)
+    sections["Learnings"] = sections["Learnings"][:-2]
+    _check(sections)
+
+
+def test_the_limits_count_what_the_runtime_adds_to_the_file() -> None:
+    record = RuntimeRecord(
+        user_messages=["Fix the parser. " * 200], kept_chars=4_000, last_error="boom " * 100
+    )
+    for n in range(60):
+        record.note_file(f"src/module_{n:03d}.py", modified=n % 2 == 0)
+    body = "y" * (4 * 2_000 - 300)  # fits alone; not next to the user's words
+    sections = {h: "" for h in HEADINGS} | {"Task specification": body}
+    _check(sections)
+    with pytest.raises(MemoryUpdateError, match="Task specification"):
+        validate_document(
+            sections,
+            estimate=chars_estimate,
+            max_tokens=12_000,
+            section_tokens=2_000,
+            record=record,
+        )
+    # What the runtime keeps stays within half a section each, so the model has room.
+    for heading, text in record.subsections().items():
+        assert len(text) <= 4_000, heading
+    # And the whole file as written is what the total limit applies to.
+    small = {h: "z" * 4_000 for h in HEADINGS}  # 10 x 1,000 tokens: 10,000 + the file's own
+    validate_document(
+        small, estimate=chars_estimate, max_tokens=12_000, section_tokens=2_000, record=record
+    )
+    with pytest.raises(
+        MemoryUpdateError, match=r"the memory is \d+ tokens, over the limit of 11000"
+    ):
+        validate_document(
+            small, estimate=chars_estimate, max_tokens=11_000, section_tokens=2_000, record=record
+        )
+
+
+def test_the_last_error_keeps_its_head_and_its_decisive_last_line() -> None:
+    traceback = (
+        "bash: Traceback (most recent call last):\n"
+        + "".join(f'  File "src/m{n}.py", line {n}, in f{n}\n    g{n}()\n' for n in range(300))
+        + "ValueError: the restock level went negative\n[exit code: 1]"
+    )
+    record = RuntimeRecord(kept_chars=2_000)
+    record.note_error(traceback)
+    kept = record.subsections()["Errors & Corrections"]
+    assert len(kept) <= 2_000
+    assert "bash: Traceback (most recent call last):" in kept
+    assert "ValueError: the restock level went negative\n[exit code: 1]" in kept
+    assert "chars cut" in kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import Field
@@ -11,10 +12,17 @@ from ..function import tool
 from ..interface import ToolContext
 from ..processes import run_command
 
-__all__ = ["bash"]
+__all__ = ["bash", "command_failed"]
 
 MAX_TIMEOUT_SECONDS = 600.0
 MAX_OUTPUT_CHARS = 30_000
+_EXIT_CODE_RE = re.compile(r"\n?\[exit code: (-?\d+)\](?:\n\[[^\n]*\])*\s*$")
+
+
+def command_failed(output: str) -> bool:
+    """Whether a `bash` result reports a non-zero exit code (its last lines say which)."""
+    match = _EXIT_CODE_RE.search(output)
+    return match is not None and int(match.group(1)) != 0
 
 
 @tool(name="bash", needs_approval=True, timeout=MAX_TIMEOUT_SECONDS + 30)
