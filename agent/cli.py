@@ -311,8 +311,8 @@ async def _run_agent(
     progress = make_progress(sys.stderr)
     from tidemark.providers.local import LocalModel
 
-    if isinstance(model, LocalModel):  # prefill takes seconds on a CPU: show it moving
-        model.on_progress = progress.model_progress
+    if isinstance(model, LocalModel) and isinstance(progress, RichProgress):
+        model.on_progress = progress.model_progress  # prefill takes seconds on a CPU
     approver = default_approver(settings.auto_approve)
     if isinstance(approver, TerminalApprover) and isinstance(progress, RichProgress):
         approver = TerminalApprover(ask=progress.ask)  # the status line steps aside to ask

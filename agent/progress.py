@@ -41,11 +41,6 @@ class Progress(Protocol):
         ...
 
     def notice(self, text: str) -> None: ...
-    def model_progress(self, phase: str, done: int, total: int) -> None:
-        """A local model's progress on one request: "reading" the prompt or "writing" tokens
-        (`total` is the prompt's new tokens, or the output budget). Any thread may call it."""
-        ...
-
     def close(self) -> None: ...
 
 
@@ -63,9 +58,6 @@ class NullProgress:
         pass
 
     def notice(self, text: str) -> None:
-        pass
-
-    def model_progress(self, phase: str, done: int, total: int) -> None:
         pass
 
     def close(self) -> None:
@@ -114,9 +106,6 @@ class PlainProgress:
 
     def notice(self, text: str) -> None:
         self._line(text)
-
-    def model_progress(self, phase: str, done: int, total: int) -> None:
-        pass  # a line per step would flood a log; the turn lines say enough
 
     def close(self) -> None:
         pass
@@ -169,6 +158,9 @@ class RichProgress:
         self._print(Text(f"tidemark: {text}", style="yellow"))
 
     def model_progress(self, phase: str, done: int, total: int) -> None:
+        """A local model's progress on one request: "reading" the prompt or "writing" tokens
+        (`total` is the prompt's new tokens, or the output budget). Any thread may call it.
+        """
         # Not `_doing`: the elapsed time keeps counting the whole model call. The live
         # display redraws on its own thread, a few times a second.
         self.activity = _model_text(phase, done, total)
