@@ -309,6 +309,10 @@ async def _run_agent(
         make_model, provider, args.model or args.file_config.model, settings.context_window
     )
     progress = make_progress(sys.stderr)
+    from tidemark.providers.local import LocalModel
+
+    if isinstance(model, LocalModel) and isinstance(progress, RichProgress):
+        model.on_progress = progress.model_progress  # prefill takes seconds on a CPU
     approver = default_approver(settings.auto_approve)
     if isinstance(approver, TerminalApprover) and isinstance(progress, RichProgress):
         approver = TerminalApprover(ask=progress.ask)  # the status line steps aside to ask

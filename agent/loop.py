@@ -105,7 +105,8 @@ class Agent:
             paths=paths,
             model=self.model,
             settings=self.settings,
-            system=system_prompt(self.workspace),
+            # A model may ask for a prompt style ("small": the embedded local model).
+            system=system_prompt(self.workspace, str(getattr(self.model, "prompt_style", ""))),
             tools=specs,
             subscribers=[self.on_event] if self.on_event else [],
             restored=load_transcript(paths.transcript) if resumed else None,

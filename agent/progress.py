@@ -64,6 +64,12 @@ class NullProgress:
         pass
 
 
+def _model_text(phase: str, done: int, total: int) -> str:
+    if phase == "reading":
+        return f"model reading the prompt {done:,}/{total:,} tokens"
+    return f"model writing, {done:,} token{'' if done == 1 else 's'}"
+
+
 def _memory_text(state: str, lag: int | None) -> str:
     if state != "idle":
         return state
@@ -150,6 +156,14 @@ class RichProgress:
 
     def notice(self, text: str) -> None:
         self._print(Text(f"tidemark: {text}", style="yellow"))
+
+    def model_progress(self, phase: str, done: int, total: int) -> None:
+        """A local model's progress on one request: "reading" the prompt or "writing" tokens
+        (`total` is the prompt's new tokens, or the output budget). Any thread may call it.
+        """
+        # Not `_doing`: the elapsed time keeps counting the whole model call. The live
+        # display redraws on its own thread, a few times a second.
+        self.activity = _model_text(phase, done, total)
 
     def close(self) -> None:
         with self._lock:

@@ -72,7 +72,7 @@ def run_task(
 ) -> EvalRow:
     """One task through the real CLI in a fresh repository under `root`."""
     workspace = root / task.name
-    workspace.mkdir(parents=True)
+    workspace.mkdir(parents=True)  # a fresh repository: an existing folder is an error
     task.setup(workspace)
     command = [sys.executable, "-m", "tidemark.cli", "run", "--workspace", str(workspace)]
     command += ["--provider", "local", "--yes", "--max-turns", str(task.max_turns)]
@@ -181,6 +181,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", help="a GGUF file (default: the embedded default model)")
     p.add_argument("--label", help="what this run measures (default: the model)")
     p.add_argument("--out", type=Path, help="also write the table here, and OUT.json")
+    p.add_argument("--keep", type=Path, help="keep the task repositories (and sessions) here")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every task's time limit")
     return p.parse_args(argv)
 
@@ -200,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     label += f" (load average at start {load[0]:.1f}, {os.cpu_count()} cores)"
     rows: list[EvalRow] = []
     with tempfile.TemporaryDirectory(prefix="tidemark-eval-") as temp:
+        root = args.keep or Path(temp)
         for task in tasks:
-            row = run_task(task, Path(temp), model=args.model, time_scale=args.time_scale)
+            row = run_task(task, root, model=args.model, time_scale=args.time_scale)
             rows.append(row)
             mark = "correct" if row.correct else _why(row)
             print(

@@ -157,3 +157,21 @@ async def test_a_call_repeated_after_the_workspace_changed_runs_again(tmp_path: 
     assert result.outcome == "finished"
     third_read = model.requests[4].messages[-1].content[0]
     assert isinstance(third_read, ToolResultBlock) and "new" in third_read.content
+
+
+def test_the_small_prompt_lists_the_repository_files_without_hidden_ones(tmp_path: Path) -> None:
+    from tidemark.prompts import system_prompt
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("")
+    (tmp_path / "config.py").write_text("")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "x.pyc").write_text("")
+    prompt = system_prompt(tmp_path, "small")
+    assert prompt.endswith("Files in the repository:\nconfig.py\npkg/mod.py")
+    for n in range(60):
+        (tmp_path / f"f{n:02d}.txt").write_text("")
+    assert "(and 22 more)" in system_prompt(tmp_path, "small")
+    assert "Files in the repository" not in system_prompt(tmp_path)

@@ -382,6 +382,20 @@ def test_live_status_line_shows_turn_tool_context_and_memory_state() -> None:
     assert "read_file path='a.py'" in out.getvalue()  # tool calls scroll above the line
 
 
+def test_live_status_line_shows_a_local_model_reading_the_prompt_then_writing() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, color_system=None)
+    progress = RichProgress(out, console)
+    progress.turn_started(1, 1_076, 6_000)
+    progress.model_progress("reading", 256, 845)
+    assert "model reading the prompt 256/845 tokens" in _render(console, progress)
+    progress.model_progress("writing", 12, 512)
+    assert "model writing, 12 tokens" in _render(console, progress)
+    progress.tool_started("read_file", "path='config.py'")
+    assert "running read_file" in _render(console, progress)
+    progress.close()
+
+
 def _render(console: Console, progress: RichProgress) -> str:
     with console.capture() as capture:
         console.print(progress.render())

@@ -21,12 +21,19 @@ from tidemark.providers.local import (
     locate_model_parts,
 )
 from tidemark.providers.local_format import (
+    ANSWER,
+    RESULT_CHARS,
+    essential,
     first_sentence,
+    parrots,
     parse_reply,
+    reminder,
     render_prompt,
+    repeats_a_call,
     reply_kind,
     tool_call_grammar,
     tool_entry,
+    with_answer,
 )
 
 READ_FILE = ToolSpec(
@@ -83,6 +90,7 @@ def test_first_sentence_keeps_only_the_first_sentence_or_line() -> None:
     assert first_sentence("Read a file. Returns lines.") == "Read a file."
     assert first_sentence("List files\nignoring .git") == "List files"
     assert first_sentence("Use v1.2 here. More.") == "Use v1.2 here."
+    assert first_sentence("A regex, e.g. TODO. More.") == "A regex, e.g. TODO."
 
 
 def test_tool_entry_shortens_descriptions_and_drops_titles() -> None:
@@ -347,3 +355,109 @@ def test_a_model_path_that_is_missing_or_not_gguf_is_refused(tmp_path: Path) -> 
     text.write_text("hello")
     with pytest.raises(ProviderUnavailableError, match=r"^not a GGUF model file: .*notes\.gguf$"):
         LocalModel(text)
+
+
+# --- scaffolding for small models ---
+
+
+def test_a_small_model_sees_only_required_arguments_and_answer_last() -> None:
+    shown = with_answer(TOOLS)
+    assert [t.name for t in shown] == ["read_file", "list_files", "answer"]
+    assert shown[-1] == ANSWER
+    read = tool_entry(shown[0])["function"]["parameters"]
+    assert list(read["properties"]) == ["path"] and read["required"] == ["path"]
+    # No argument required: the first one is kept, so the call can still say where.
+    assert essential(LIST_FILES).input_schema["properties"] == {"pattern": {"type": "string"}}
+    assert with_answer([]) == []
+
+
+def test_the_prompt_hides_schema_limits_that_the_grammar_still_enforces() -> None:
+    entry = json.dumps(tool_entry(ANSWER))
+    assert "minLength" not in entry and "maxLength" not in entry
+    assert "minLength" in json.dumps(ANSWER.input_schema)
+
+
+def test_after_tool_results_the_reminder_restates_the_task() -> None:
+    messages = conversation()[:3]
+    note = reminder(messages)
+    assert note is not None
+    assert note.startswith("Task: What is DEBUG in config.py?\n")
+    assert "call answer" in note
+    assert reminder(messages[:1]) is None  # the task itself was just said
+    prompt = render_prompt("sys", messages, TOOLS, note=note)
+    assert prompt.endswith(f"<|im_start|>user\n{note}<|im_end|>\n<|im_start|>assistant\n")
+    # The note is for this request only: without it the prompt is the plain transcript.
+    plain = render_prompt("sys", messages, TOOLS)
+    assert prompt.startswith(plain.removesuffix("<|im_start|>assistant\n"))
+
+
+def test_long_tool_results_are_trimmed_with_a_way_to_read_the_rest() -> None:
+    long = "\n".join(f"{n}\tline {n}" for n in range(1, 2001))
+    message = Message(
+        role="user", origin="tools", content=[ToolResultBlock(tool_use_id="t1", content=long)]
+    )
+    prompt = render_prompt("sys", [message])
+    assert long[:RESULT_CHARS] in prompt and long not in prompt
+    assert "more lines not shown: read a part with offset/limit or grep" in prompt
+
+
+def test_the_answer_action_is_in_the_grammar_and_one_call_per_reply() -> None:
+    grammar = tool_call_grammar(with_answer(TOOLS), max_calls=1)
+    assert '\\"answer\\"' in grammar or '"answer"' in grammar.replace('\\"', '"')
+    assert "<tool_call>" not in grammar.split("\n", 1)[0]
+
+
+def test_a_reminder_says_when_no_file_has_been_changed_yet() -> None:
+    read = ToolUseBlock(id="t1", name="read_file", input={"path": "a.py"})
+    edit = ToolUseBlock(id="t2", name="edit_file", input={"path": "a.py"})
+    task = Message.user_text("Fix a.py")
+
+    def turn(call: ToolUseBlock, error: bool = False) -> list[Message]:
+        return [
+            Message(role="assistant", origin="model", content=[call]),
+            Message(
+                role="user",
+                origin="tools",
+                content=[ToolResultBlock(tool_use_id=call.id, content="ok", is_error=error)],
+            ),
+        ]
+
+    assert "No file has been changed yet" in (reminder([task, *turn(read)]) or "")
+    failed = [task, *turn(read), *turn(edit, error=True)]
+    assert "No file has been changed yet" in (reminder(failed) or "")
+    done = [task, *turn(read), *turn(edit)]
+    assert "No file has been changed yet" not in (reminder(done) or "x")
+
+
+def test_a_call_is_a_repeat_until_something_other_than_a_look_happens_in_between() -> None:
+    def call(name: str, n: int, **args: str) -> Message:
+        use = ToolUseBlock(id=f"t{n}", name=name, input=dict(args))
+        return Message(role="assistant", origin="model", content=[use])
+
+    read = ToolUseBlock(id="new", name="read_file", input={"path": "a.py"})
+    looked = [call("read_file", 1, path="a.py"), call("grep", 2, pattern="x")]
+    assert repeats_a_call(read, looked)
+    assert not repeats_a_call(read, [call("read_file", 1, path="b.py")])
+    # An edit or a command in between may have changed what the read returns.
+    assert not repeats_a_call(read, [*looked, call("edit_file", 3, path="a.py")])
+    tests = ToolUseBlock(id="new", name="bash", input={"command": "pytest -q"})
+    ran = [call("bash", 1, command="pytest -q"), call("edit_file", 2, path="a.py")]
+    assert not repeats_a_call(tests, ran)
+    assert repeats_a_call(tests, ran[:1])
+
+
+def test_a_call_with_a_raw_tab_in_a_string_still_parses() -> None:
+    reply = parse_reply(
+        '<tool_call>\n{"name": "read_file", "arguments": {"path": "a\tb.py"}}\n</tool_call>',
+        TOOLS,
+        new_id_factory(),
+    )
+    assert reply.has_tool_calls
+
+
+def test_an_answer_that_only_repeats_the_task_or_the_reminder_is_not_an_answer() -> None:
+    task = [Message.user_text("In which file is the function parse_header defined?")]
+    assert parrots("In which file is the function parse_header defined?", task)
+    assert parrots("If the results above answer the task, call answer now with it.", task)
+    assert not parrots("parse_header is defined in shop/net/headers.py.", task)
+    assert not parrots("The function parse_header is defined in headers.py.", task)

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,16 +26,22 @@ import anyio.from_thread
 import anyio.to_thread
 
 from tidemark.errors import ContextTooLongError, ModelError, ProviderUnavailableError
-from tidemark.messages import ContentBlock, TextBlock, Usage
+from tidemark.messages import ContentBlock, TextBlock, ToolUseBlock, Usage
 from tidemark.model import ModelRequest, ModelResponse, TextSink, ToolSpec
 from tidemark.providers.local_format import (
+    ANSWER,
     CALL_OPEN,
     END_OF_TURN,
     ReplyKind,
+    essential,
+    parrots,
     parse_reply,
+    reminder,
     render_prompt,
+    repeats_a_call,
     reply_kind,
     tool_call_grammar,
+    with_answer,
 )
 
 __all__ = [
@@ -62,6 +68,8 @@ GGUF_MAGIC: Final = b"GGUF"
 MEMORY_OUTPUT_CAP: Final = 512
 COMPACT_OUTPUT_CAP: Final = 1024
 TEMPERATURE: Final = 0.2
+# Prompt tokens read per step when a prompt is long enough to show progress.
+PREFILL_CHUNK: Final = 128
 _ESTIMATE_CACHE_SIZE: Final = 8192
 _CHUNK: Final = 4 << 20
 
@@ -303,6 +311,9 @@ class LocalModel:
     prefix between consecutive requests.
     """
 
+    # The agent gives a small model the short system prompt (`tidemark.prompts`).
+    prompt_style: Final = "small"
+
     def __init__(
         self,
         model_path: Path | None = None,
@@ -360,6 +371,9 @@ class LocalModel:
         self._estimates: dict[str, int] = {}
         self._closed = False
         self.last_stats: GenerationStats | None = None
+        # Called from the worker thread with ("reading", tokens read, new prompt tokens) while
+        # the prompt is read, then ("writing", tokens written, budget): for a status line.
+        self.on_progress: Callable[[str, int, int], None] | None = None
 
     @property
     def name(self) -> str:
@@ -391,14 +405,55 @@ class LocalModel:
     async def generate(
         self, request: ModelRequest, on_text: TextSink | None = None
     ) -> ModelResponse:
+        response = await self._generate(request, on_text)
+        calls = [b for b in response.content if isinstance(b, ToolUseBlock)]
+        if request.tool_choice != "any" and any(repeats_a_call(c, request.messages) for c in calls):
+            # The model asks again for a result it has: it answers from it instead. Same
+            # prompt, so the second generation reuses the whole cached prefix.
+            again = await self._generate(request, on_text, answer_only=True)
+            usage = response.usage.model_copy(
+                update={"output_tokens": response.usage.output_tokens + again.usage.output_tokens}
+            )
+            response = again.model_copy(update={"usage": usage})
+        elif (
+            request.purpose == "turn"
+            and request.tools
+            and response.stop_reason == "end_turn"
+            and parrots(
+                " ".join(b.text for b in response.content if isinstance(b, TextBlock)),
+                request.messages,
+            )
+        ):
+            # An "answer" that only repeats the task: the model is made to act instead.
+            again = await self._generate(replace(request, tool_choice="any"), on_text)
+            usage = response.usage.model_copy(
+                update={"output_tokens": response.usage.output_tokens + again.usage.output_tokens}
+            )
+            response = again.model_copy(update={"usage": usage})
+        return response
+
+    async def _generate(
+        self, request: ModelRequest, on_text: TextSink | None, answer_only: bool = False
+    ) -> ModelResponse:
+        # A turn's reply is one call, of a tool or of `answer` (not of `answer` while the
+        # model must act). Every purpose lists the same tools, so memory updates share the
+        # turns' cached prefix.
         constrained = request.purpose == "turn" and bool(request.tools)
+        shown = with_answer(request.tools)
         budget = request.max_tokens
         if request.purpose == "session-memory":
             budget = min(budget, MEMORY_OUTPUT_CAP)
         elif request.purpose == "compact":
             budget = min(budget, COMPACT_OUTPUT_CAP)
-        prompt = render_prompt(request.system, request.messages, request.tools)
-        grammar = self._grammar(request.tools) if constrained else None
+        note = reminder(request.messages) if constrained else None
+        prompt = render_prompt(request.system, request.messages, shown, note=note)
+        if answer_only:
+            callable_tools = [ANSWER]
+        elif request.tool_choice == "any":
+            callable_tools = [essential(t) for t in request.tools]
+        else:
+            callable_tools = shown
+        grammar = self._grammar(callable_tools) if constrained else None
         stop = threading.Event()
 
         def emit(piece: str) -> None:
@@ -418,13 +473,14 @@ class LocalModel:
                     budget,
                     emit,
                     stop,
-                    request.tool_choice == "any",
+                    constrained,
+                    request.purpose == "turn",
                     abandon_on_cancel=True,
                 )
             finally:
                 stop.set()
         self.last_stats = completion.stats
-        return self._response(completion, request.tools if constrained else ())
+        return self._response(completion, shown if constrained else ())
 
     async def _context_for(self, purpose: str) -> _Context:
         """Turns and blocking summaries share one context; memory updates have their own."""
@@ -454,6 +510,19 @@ class LocalModel:
                 content=content, stop_reason=stop_reason, usage=usage, model=self.name
             )
         reply = parse_reply(completion.text, tools, lambda: f"toolu_local_{uuid.uuid4().hex[:16]}")
+        answer = [
+            str(b.input.get("text", "")).strip()
+            for b in reply.content
+            if isinstance(b, ToolUseBlock) and b.name == ANSWER.name
+        ]
+        if answer:  # the explicit finish: its text is the reply
+            text = "\n".join(a for a in answer if a)
+            return ModelResponse(
+                content=[TextBlock(text=text)] if text else [],
+                stop_reason="end_turn",
+                usage=usage,
+                model=self.name,
+            )
         if reply.has_tool_calls:
             stop_reason = "tool_use"
         elif completion.finish_reason == "length":
@@ -468,7 +537,7 @@ class LocalModel:
         key = "\n".join(spec.model_dump_json() for spec in tools)
         grammar = self._grammars.get(key)
         if grammar is None:
-            grammar = self._grammars[key] = tool_call_grammar(tools)
+            grammar = self._grammars[key] = tool_call_grammar(tools, max_calls=1)
         return grammar
 
     def _complete(
@@ -480,6 +549,7 @@ class LocalModel:
         emit: Callable[[str], None],
         stop: threading.Event,
         force_call: bool = False,
+        report: bool = False,
     ) -> _Completion:
         """Blocking: runs in a worker thread, one request at a time.
 
@@ -488,7 +558,8 @@ class LocalModel:
         times slower on a CPU. As soon as the start shows a tool call (``<tool_call>``, or
         JSON bare or fenced), that start is replaced by ``<tool_call>\\n`` and the call is
         generated under the grammar, so it always parses. Prose streams as it comes.
-        With `force_call` the reply is a tool call from its first token.
+        With `force_call` the reply is a tool call from its first token. With `report`,
+        progress goes to `on_progress` (a turn's; background requests stay quiet).
         """
         llm = context.llm
         with context.thread_lock:
@@ -499,14 +570,17 @@ class LocalModel:
                     f"the prompt has {len(tokens)} tokens; the local model's window is "
                     f"{self._context_window}"
                 )
-            reused = _common_prefix(llm.input_ids, tokens)
+            reused = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
             started = time.perf_counter()
+            self._prefill(llm, tokens, reused, stop, report)
             first = self._run(llm, tokens, min(budget, room), None, stop, started)
             head = ""
             kind: ReplyKind | None = None if grammar else "text"
             if force_call and grammar is not None:
                 kind = "calls"
             for piece in first if kind != "calls" else ():
+                if report:
+                    self._report("writing", first.tokens, budget)
                 if kind is None:
                     head += piece
                     kind = reply_kind(head)
@@ -533,7 +607,8 @@ class LocalModel:
                     started,
                 )
                 for _ in continuation:
-                    pass
+                    if report:
+                        self._report("writing", spent + continuation.tokens, budget)
                 text = CALL_OPEN + "".join(continuation.pieces)
                 finish = continuation.finish_reason
                 output_tokens = spent + continuation.tokens
@@ -550,6 +625,32 @@ class LocalModel:
                 generate_seconds=finished - first_token_at,
             )
             return _Completion(text=text, finish_reason=finish, stats=stats)
+
+    def _report(self, phase: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(phase, done, total)
+
+    def _prefill(
+        self, llm: Any, tokens: list[int], reused: int, stop: threading.Event, report: bool
+    ) -> None:
+        """Read the prompt's new tokens in chunks, reporting progress after each.
+
+        llama.cpp would read them in one call, silent for many seconds on a CPU (about 100
+        tokens/s on 2 cores). The last token is left for `create_completion`, which then
+        finds everything before it in the KV cache.
+        """
+        end = len(tokens) - 1
+        start = min(reused, end)
+        if not report or end - start <= PREFILL_CHUNK:
+            return
+        llm.n_tokens = start  # `eval` drops the cache after this position
+        for position in range(start, end, PREFILL_CHUNK):
+            if stop.is_set():
+                return
+            chunk_end = min(end, position + PREFILL_CHUNK)
+            llm.eval(tokens[position:chunk_end])
+            if report:
+                self._report("reading", chunk_end - start, end - start)
 
     def _run(
         self,

@@ -3,8 +3,14 @@
 Everything here is pure (no model): the transcript is rendered with the chat template
 Qwen2.5 was trained on for tools (ChatML, ``<tools>`` in the system turn,
 ``<tool_call>`` JSON in assistant turns, ``<tool_response>`` in user turns), the reply is
-constrained by a GBNF grammar to plain text or tool calls matching one tool's schema, and
-the reply text is parsed back into content blocks.
+constrained by a GBNF grammar to tool calls matching one tool's schema, and the reply text
+is parsed back into content blocks.
+
+Scaffolding for small models (measured with ``python -m benchmarks.eval``): every turn's
+reply is exactly one call, and finishing is a call too, of the `answer` action (`ANSWER`),
+so a small model can neither ramble nor stop with an empty reply; tool results are trimmed;
+and after tool results a short reminder restates the task and says to answer when the
+results suffice.
 """
 
 from __future__ import annotations
@@ -26,17 +32,23 @@ from tidemark.messages import (
 from tidemark.model import ToolSpec
 
 __all__ = [
+    "ANSWER",
     "END_OF_TURN",
     "MAX_TOOL_CALLS",
     "ParsedReply",
     "ReplyKind",
+    "essential",
     "first_sentence",
+    "parrots",
     "parse_reply",
+    "reminder",
     "render_prompt",
     "render_tool_call",
+    "repeats_a_call",
     "reply_kind",
     "tool_call_grammar",
     "tool_entry",
+    "with_answer",
 ]
 
 START = "<|im_start|>"
@@ -56,8 +68,43 @@ CALL_OPEN = "<tool_call>\n"
 CALL_CLOSE = "\n</tool_call>"
 # More calls per reply rarely help a small model and make runaway replies longer.
 MAX_TOOL_CALLS = 3
+# Tool results are shown up to this many characters (about 800 tokens): a small model
+# loses the task in long outputs, and every token costs prefill time on a CPU.
+RESULT_CHARS = 3000
 
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# The explicit finish: its text becomes the reply's text, the run's answer.
+ANSWER = ToolSpec(
+    name="answer",
+    description="Finish: give the user the result (the value, file, number, or what you changed).",
+    input_schema={
+        "type": "object",
+        "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 800}},
+        "required": ["text"],
+    },
+)
+REMINDER = (
+    "Task: {task}\nIf the results above answer the task, or the change is made, call answer "
+    "now with the result. Otherwise make the next tool call."
+)
+NOTHING_CHANGED = "\n(No file has been changed yet.)"
+# The tools that change files; a task that asks for a change is not done before one worked.
+_CHANGING = frozenset({"edit_file", "write_file"})
+
+_SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")
+# Schema keys the prompt leaves out: the grammar still enforces what matters, and every
+# token of the tool list costs prefill time on each new session.
+_HIDDEN_KEYS = frozenset(
+    {
+        "title",
+        "additionalProperties",
+        "default",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "minLength",
+        "maxLength",
+    }
+)
 # A call in tags (the trained format; unclosed when cut by max_tokens) or in a JSON fence.
 _CALL_RE = re.compile(
     r"<tool_call>\s*(?P<tagged>.*?)\s*(?:</tool_call>|$)"
@@ -81,7 +128,7 @@ def _slim_schema(schema: Any) -> Any:
         return schema
     slim: dict[str, Any] = {}
     for key, value in cast(dict[str, Any], schema).items():
-        if key == "title" and isinstance(value, str):
+        if key in _HIDDEN_KEYS and not isinstance(value, dict):
             continue
         if key == "description" and isinstance(value, str):
             slim[key] = first_sentence(value)
@@ -91,6 +138,26 @@ def _slim_schema(schema: Any) -> Any:
         else:
             slim[key] = _slim_schema(value)
     return slim
+
+
+def essential(spec: ToolSpec) -> ToolSpec:
+    """The tool with only its required arguments (or its first, when none is required).
+
+    A small model fills every optional argument it sees, often badly (a read limited to
+    the wrong lines, a short timeout); the tools' defaults do better.
+    """
+    schema = spec.input_schema or {}
+    properties = cast(dict[str, Any], schema.get("properties") or {})
+    required = [n for n in cast(list[str], schema.get("required") or []) if n in properties]
+    keep = required or list(properties)[:1]
+    if not properties or len(keep) == len(properties):
+        return spec
+    slim = {
+        **schema,
+        "properties": {name: properties[name] for name in keep},
+        "required": keep,
+    }
+    return spec.model_copy(update={"input_schema": slim})
 
 
 def tool_entry(spec: ToolSpec) -> dict[str, Any]:
@@ -131,6 +198,17 @@ def _render_system(system: str, tools: Sequence[ToolSpec]) -> str:
     return f"{START}system\n{text}{END_OF_TURN}\n"
 
 
+def _trim(text: str) -> str:
+    if len(text) <= RESULT_CHARS:
+        return text
+    rest = text[RESULT_CHARS:]
+    return (
+        text[:RESULT_CHARS]
+        + f"\n[... {rest.count(chr(10)) + 1} more lines not shown: read a part with offset/limit"
+        " or grep]"
+    )
+
+
 def _render_user(message: Message) -> str:
     parts: list[str] = []
     results = [b for b in message.content if isinstance(b, ToolResultBlock)]
@@ -138,7 +216,7 @@ def _render_user(message: Message) -> str:
         body = "".join(
             "\n<tool_response>\n"
             + ("Error: " if block.is_error else "")
-            + _sanitize(block.content)
+            + _sanitize(_trim(block.content))
             + "\n</tool_response>"
             for block in results
         )
@@ -161,25 +239,89 @@ def _render_assistant(message: Message) -> str:
     return out + f"{END_OF_TURN}\n"
 
 
-def render_prompt(system: str, messages: Iterable[Message], tools: Sequence[ToolSpec] = ()) -> str:
+def render_prompt(
+    system: str,
+    messages: Iterable[Message],
+    tools: Sequence[ToolSpec] = (),
+    *,
+    note: str | None = None,
+) -> str:
     """The whole prompt, ending with the assistant's generation prompt.
 
-    Byte-identical to Qwen2.5's embedded chat template for the same conversation, so the
-    model sees what it was trained on, and append-only for a growing transcript, so
-    llama.cpp reuses the KV cache of the shared prefix.
+    Byte-identical to Qwen2.5's embedded chat template for the same conversation (tool
+    results trimmed), so the model sees what it was trained on, and append-only for a
+    growing transcript, so llama.cpp reuses the KV cache of the shared prefix. `note` is a
+    last user turn for this request only (the reminder); it costs the re-reading of itself.
     """
     out = [_render_system(system, tools)]
     for message in messages:
         out.append(_render_user(message) if message.role == "user" else _render_assistant(message))
+    if note:
+        out.append(f"{START}user\n{_sanitize(note)}{END_OF_TURN}\n")
     out.append(f"{START}assistant\n")
     return "".join(out)
 
 
-def tool_call_grammar(tools: Sequence[ToolSpec]) -> str:
+def with_answer(tools: Sequence[ToolSpec]) -> list[ToolSpec]:
+    """The tools as the local model sees them: essential arguments, the `answer` action last."""
+    if not tools:
+        return []
+    return [*(essential(t) for t in tools if t.name != ANSWER.name), ANSWER]
+
+
+# Calls that change nothing: repeating one with nothing else done since gives the same result.
+_LOOKING = frozenset({"read_file", "list_files", "grep"})
+
+
+def repeats_a_call(call: ToolUseBlock, messages: Sequence[Message]) -> bool:
+    """Whether `call` was already made, with only read-only calls since (its result stands).
+
+    Small models, having read what they needed, read it again instead of answering; the
+    local model then answers instead (the call is replaced, not run).
+    """
+    for message in reversed(messages):
+        for earlier in reversed(message.tool_uses):
+            if earlier.name == call.name and earlier.input == call.input:
+                return True
+            if earlier.name not in _LOOKING:
+                return False
+    return False
+
+
+def parrots(answer: str, messages: Sequence[Message]) -> bool:
+    """Whether an answer only repeats the task or the reminder (a small model's fallback)."""
+    said = " ".join(answer.lower().split())
+    if "call answer now" in said or "make the next tool call" in said:
+        return True
+    task = next((m.text for m in reversed(messages) if m.is_users_own), "")
+    task = " ".join(task.lower().split())
+    return len(task) >= 12 and task in said and len(said) < len(task) + 12
+
+
+def reminder(messages: Sequence[Message]) -> str | None:
+    """After tool results: the task again, and when to answer (None elsewhere)."""
+    if not messages or not messages[-1].tool_results:
+        return None
+    task = next((m.text for m in reversed(messages) if m.is_users_own and m.text.strip()), "")
+    if not task:
+        return None
+    if len(task) > 600:
+        task = task[:600] + " [...]"
+    note = REMINDER.format(task=task.strip())
+    changed = {
+        result.tool_use_id
+        for message in messages
+        for result in message.tool_results
+        if not result.is_error
+    } & {use.id for message in messages for use in message.tool_uses if use.name in _CHANGING}
+    return note if changed else note + NOTHING_CHANGED
+
+
+def tool_call_grammar(tools: Sequence[ToolSpec], max_calls: int = MAX_TOOL_CALLS) -> str:
     """GBNF for the rest of a reply after its opening ``<tool_call>\\n``.
 
-    One call matching one tool's schema, then up to two more, then the end of the turn
-    (a finished grammar only admits the end-of-turn token). Needs `llama_cpp` (its
+    One call matching one tool's schema, then up to `max_calls` - 1 more, then the end of
+    the turn (a finished grammar only admits the end-of-turn token). Needs `llama_cpp` (its
     JSON-schema converter is pure Python).
     """
     # Imported by name: llama_cpp is an optional extra, untyped as far as we use it.
@@ -202,7 +344,7 @@ def tool_call_grammar(tools: Sequence[ToolSpec]) -> str:
     converter.visit(schema, "call")
     rules = str(converter.format_grammar())
     more_calls = ""
-    for _ in range(MAX_TOOL_CALLS - 1):
+    for _ in range(max_calls - 1):
         more_calls = f'("\\n<tool_call>\\n" call "\\n</tool_call>" {more_calls})?'
     return f'root ::= call "\\n</tool_call>" {more_calls}\n' + rules + "\n"
 
@@ -256,7 +398,8 @@ def _parse_call(raw: str, names: set[str]) -> tuple[str, dict[str, Any]] | None:
     if start < 0:
         return None
     try:
-        data, _end = json.JSONDecoder().raw_decode(raw, start)
+        # strict=False: a raw tab or newline inside a string is what the model meant.
+        data, _end = json.JSONDecoder(strict=False).raw_decode(raw, start)
     except json.JSONDecodeError:
         return None
     if not isinstance(data, dict):
