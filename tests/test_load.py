@@ -71,7 +71,7 @@ class _Sessions:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 async def test_fifty_concurrent_sessions_with_faults_all_finish_and_share_nothing(
     tmp_path: Path,
 ) -> None:
