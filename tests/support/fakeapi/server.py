@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -116,7 +117,7 @@ class FakeMessagesAPI:
         class Handler(_Handler):
             fake_api = api
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        server = _Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
         server.daemon_threads = True
         server.request_queue_size = 1024  # 100 concurrent sessions must not hit the backlog
         server.allow_reuse_address = True
@@ -157,7 +158,11 @@ class FakeMessagesAPI:
         started_at = time.monotonic()
         path = urlsplit(http.path).path
         headers = {k.lower(): v for k, v in http.headers.items()}
-        raw = http.rfile.read(int(headers.get("content-length") or 0))
+        length = int(headers.get("content-length") or 0)
+        raw = http.rfile.read(length)
+        if len(raw) < length:  # the client went away mid-request (killed): nothing to answer
+            http.close_connection = True
+            return
         try:
             body = json.loads(raw or b"null")
         except ValueError:
@@ -490,6 +495,13 @@ def _send_error(
         "request_id": _request_id(),
     }
     _send_json(http, record, status, payload, headers)
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that was killed or closed its keep-alive connection is not a server error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
