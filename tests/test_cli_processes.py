@@ -28,8 +28,8 @@ def _start(workspace: Path, api: FakeMessagesAPI) -> tuple[subprocess.Popen[str]
         text=True,
     )
     files = [workspace / f"{name}.pid" for name in ESCAPES]
-    _wait_for(lambda: all(f.exists() and f.read_text().strip() for f in files), timeout=60)
-    _wait_for(lambda: (workspace / "ready.txt").exists(), timeout=60)
+    _wait_for(lambda: all(f.exists() and f.read_text().strip() for f in files), timeout=180)
+    _wait_for(lambda: (workspace / "ready.txt").exists(), timeout=180)
     return run, [int(f.read_text()) for f in files]
 
 
