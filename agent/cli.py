@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -537,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if log_file is not None:
             log_file.close()
+        if argv is None:  # the command itself, about to exit (not a call from Python code)
+            # Collecting the whole heap at interpreter exit takes seconds on a busy machine
+            # (measured: 2.7-3.7 s against 0.1-0.2 s frozen); Ctrl-C must end the run at once.
+            gc.freeze()
 
 
 if __name__ == "__main__":

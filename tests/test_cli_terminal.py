@@ -15,7 +15,7 @@ from tests.test_cli import _cmd, _env, _session_dir
 def _spawn(workspace: Path, api: FakeMessagesAPI) -> pexpect.spawn:
     command, *args = _cmd("run", "--workspace", str(workspace), "write x")
     return pexpect.spawn(
-        command, args, env=_env(api), encoding="utf-8", timeout=30, dimensions=(24, 200)
+        command, args, env=_env(api), encoding="utf-8", timeout=120, dimensions=(24, 200)
     )
 
 

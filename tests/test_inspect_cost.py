@@ -94,7 +94,7 @@ def test_an_unknown_hosted_model_still_says_its_cost_is_unknown() -> None:
 def test_inspect_totals_match_what_the_server_billed_memory_updates_included(
     tmp_path: Path,
 ) -> None:
-    session = LongSession(write_repository(tmp_path, files=8, lines_per_file=80), reads=10)
+    session = LongSession(write_repository(tmp_path, files=5, lines_per_file=80), reads=6)
     turns = session.turns()
 
     def responder(request: RecordedRequest) -> Reply:

@@ -187,7 +187,7 @@ def start_runtime(
     script = RUNTIME.format(repo=str(REPO), backend=backend)
     runtime = subprocess.Popen([sys.executable, "-c", script, str(workspace), str(registry)])
     assert wait_until(
-        lambda: (workspace / "bg.pid").exists() and (workspace / "bg.pid").read_text().strip(), 10
+        lambda: (workspace / "bg.pid").exists() and (workspace / "bg.pid").read_text().strip(), 30
     )
     return runtime, int((workspace / "bg.pid").read_text())
 
@@ -259,3 +259,120 @@ def test_reaping_a_missing_or_damaged_registry_is_harmless(tmp_path: Path) -> No
     damaged.write_text('{"groups": [')
     assert reap_leftover_processes(damaged) == 0
     assert json.loads(damaged.read_text()) == {"groups": []}
+
+
+# -- processes that leave the command's process group -------------------------------------
+
+# Each escapes the process group a different way and records its own pid in a file.
+ESCAPES = {
+    "setsid": "setsid sh -c 'echo $$ > setsid.pid; exec sleep 300' &",
+    "double_fork": "( (sh -c 'echo $$ > double_fork.pid; exec sleep 300' &) & )",
+    "double_fork_setsid": "( setsid sh -c 'echo $$ > double_fork_setsid.pid; exec sleep 300' & )",
+    "setsid_ignoring_term": (
+        "setsid sh -c 'trap \"\" TERM; echo $$ > setsid_ignoring_term.pid; exec sleep 300' &"
+    ),
+    "setsid_without_environment": (
+        "setsid env -i sh -c 'echo $$ > setsid_without_environment.pid; exec sleep 300' &"
+    ),
+}
+ESCAPING = "\n".join(ESCAPES.values())
+
+
+async def escaped_pids(workspace: Path) -> list[int]:
+    return [int(await wait_for_file(workspace / f"{name}.pid")) for name in ESCAPES]
+
+
+async def test_processes_that_leave_the_group_are_stopped_when_the_command_ends(
+    tmp_path: Path,
+) -> None:
+    outcome = await call(ToolContext(tmp_path), command=f"{ESCAPING}\nsleep 0.3")
+    assert outcome.content.endswith("[background processes the command left running were stopped]")
+    pids = await escaped_pids(tmp_path)
+    assert wait_until(lambda: not any(running(pid) for pid in pids)), [
+        name for name, pid in zip(ESCAPES, pids, strict=True) if running(pid)
+    ]
+
+
+async def test_processes_that_leave_the_group_are_stopped_on_timeout(tmp_path: Path) -> None:
+    outcome = await call(ToolContext(tmp_path), command=f"{ESCAPING}\nsleep 300", timeout=1)
+    assert outcome.is_error and "timed out" in outcome.content
+    pids = await escaped_pids(tmp_path)
+    assert wait_until(lambda: not any(running(pid) for pid in pids))
+
+
+async def test_processes_that_leave_the_group_are_stopped_when_the_call_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    pids: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(call, ToolContext(tmp_path), command=f"{ESCAPING}\nwait"))
+        pids = await escaped_pids(tmp_path)
+        tg.cancel_scope.cancel()
+    assert wait_until(lambda: not any(running(pid) for pid in pids))
+
+
+ESCAPING_RUNTIME = r"""
+import sys
+from pathlib import Path
+import anyio
+from tidemark.tools import ToolContext, builtin_tools
+
+async def main() -> None:
+    ctx = ToolContext(Path(sys.argv[1]), process_registry=Path(sys.argv[2]))
+    [bash] = [t for t in builtin_tools() if t.name == "bash"]
+    await bash.run({"command": sys.argv[3] + "\necho ready > ready.txt; wait"}, ctx)
+
+anyio.run(main, backend=sys.argv[4])
+"""
+
+
+def start_escaping_runtime(
+    workspace: Path, registry: Path, backend: str
+) -> subprocess.Popen[bytes]:
+    runtime = subprocess.Popen(
+        [sys.executable, "-c", ESCAPING_RUNTIME, str(workspace), str(registry), ESCAPING, backend]
+    )
+    assert wait_until(lambda: (workspace / "ready.txt").exists(), 30)
+    return runtime
+
+
+def pids_in(workspace: Path) -> list[int]:
+    return [int((workspace / f"{name}.pid").read_text()) for name in ESCAPES]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_processes_that_leave_the_group_die_with_the_runtime_on_kill_9(
+    tmp_path: Path, backend: str
+) -> None:
+    registry = tmp_path / "processes.json"
+    runtime = start_escaping_runtime(tmp_path, registry, backend)
+    assert wait_until(lambda: all((tmp_path / f"{n}.pid").exists() for n in ESCAPES))
+    pids = pids_in(tmp_path)
+    assert all(running(pid) for pid in pids)
+    runtime.kill()
+    runtime.wait()
+    assert wait_until(lambda: not any(running(pid) for pid in pids))
+
+
+def test_reaping_on_resume_ends_processes_that_left_the_group(tmp_path: Path) -> None:
+    registry = tmp_path / "processes.json"
+    runtime = start_escaping_runtime(tmp_path, registry, "asyncio")
+    assert wait_until(lambda: all((tmp_path / f"{n}.pid").exists() for n in ESCAPES))
+    pids = pids_in(tmp_path)
+    [group] = json.loads(registry.read_text())["groups"]
+    supervisor = group["pgid"]
+    os.kill(supervisor, signal.SIGSTOP)  # it cannot act on the runtime's death...
+    runtime.kill()
+    runtime.wait()
+    os.kill(supervisor, signal.SIGKILL)  # ...and then it is gone too
+    time.sleep(0.2)
+    assert all(running(pid) for pid in pids), "nothing else should have ended them"
+    # Out of reach without its supervisor: no longer in the group, no tag in its environment
+    # (SECURITY.md says so). Everything else is found.
+    unreachable = pids.pop(list(ESCAPES).index("setsid_without_environment"))
+    try:
+        assert reap_leftover_processes(registry) >= 1
+        assert wait_until(lambda: not any(running(pid) for pid in pids))
+        assert json.loads(registry.read_text()) == {"groups": []}
+    finally:
+        os.kill(unreachable, signal.SIGKILL)

@@ -1,11 +1,20 @@
-"""Commands run for ``bash``: own process group, tied to the runtime's life, recorded.
+"""Commands run for ``bash``: every process they start ends with the call, recorded.
 
-Each command runs under a small supervisor process that leads a new session (so its
-process group holds everything the command starts). The supervisor asks the kernel for a
-signal when the runtime dies (``PR_SET_PDEATHSIG``) and also watches its parent id; when the
-runtime is gone it kills the whole group, even if the runtime was ``kill -9``-ed. Groups are
-also recorded in a registry file while they run, so ``reap_leftover_processes`` can end
-whatever still survives (say the supervisor itself was killed) when the session resumes.
+Each command runs under a small supervisor process that leads a new session and makes
+itself the *child subreaper* of everything below it (``PR_SET_CHILD_SUBREAPER``): a process
+that the command leaves behind, even one that called ``setsid`` or double-forked to leave
+the process group, is re-parented to the supervisor instead of to init, so the supervisor
+finds it among its descendants and ends it. It sweeps its descendants (TERM, a short
+grace, then KILL until none is left) when the command ends, when the runtime stops the
+call (timeout, cancellation: it gets SIGTERM) and when the runtime dies, even by
+``kill -9`` (``PR_SET_PDEATHSIG`` and a watch on its parent id).
+
+Every process of a call also carries a tag in its environment, and the call is recorded
+in a registry file while it runs, so ``reap_leftover_processes`` (run again on resume) can
+end whatever survived the supervisor itself: the recorded process group, and every
+process still carrying the tag. A process that both leaves the group and clears its
+environment is out of reach once its supervisor is gone (a cgroup would hold it; see
+SECURITY.md).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,48 +37,134 @@ from anyio.abc import ByteReceiveStream, Process
 
 __all__ = ["CommandResult", "reap_leftover_processes", "run_command", "supervised_argv"]
 
-_GRACE_SECONDS = 0.5
+_GRACE_SECONDS = 0.5  # how long the supervisor lets processes end on SIGTERM
+_STOP_SECONDS = 3.0  # how long the runtime lets the supervisor sweep before killing it
 _DRAIN_SECONDS = 2.0
+TAG_VARIABLE = "TIDEMARK_BASH_CALL"
 
-# Runs with `python -I -S -c`: argv = [runtime pid, program, args...].
+# Runs with `python -I -S -c`: argv = [runtime pid, status fd or -1, grace seconds, program,
+# args...]. It writes
+# {"stopped": N} to the status fd when the command has ended and its leftovers are gone.
 _SUPERVISOR = r"""
-import os, signal, sys, threading, time
-parent = int(sys.argv[1])
-def end_group():
-    os.killpg(0, signal.SIGKILL)
-def on_parent_death(signum, frame):
-    if os.getppid() != parent:  # not just the spawning thread of the runtime ending
-        end_group()
-signal.signal(signal.SIGUSR1, on_parent_death)
+import json, os, signal, sys, threading, time
+parent, status_fd, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+if status_fd >= 0:
+    os.set_inheritable(status_fd, False)  # the command must not hold the status pipe open
+me = os.getpid()
+ending = threading.Lock()
 try:
     import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1, 0, 0, 0)  # PR_SET_PDEATHSIG
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans below us come to us
+    libc.prctl(1, signal.SIGUSR1, 0, 0, 0)  # PR_SET_PDEATHSIG
 except Exception:
     pass
+
+def descendants():
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/" + entry + "/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] != b"Z":  # a zombie is already dead: it only waits to be reaped
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [me]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+def reap():
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+def send(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+
+def sweep(grace):
+    first = descendants()
+    if first:
+        send(first, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and descendants():
+            reap()
+            time.sleep(0.02)
+        while True:  # what forks while being killed is re-parented to us: kill again
+            left = descendants()
+            if not left:
+                break
+            send(left, signal.SIGKILL)
+            reap()
+            time.sleep(0.005)
+    reap()
+    return len(first)
+
+def end(code, grace):
+    ending.acquire()  # one ending only (a signal and the parent watch may race)
+    sweep(grace)
+    os._exit(code)
+
+def on_term(signum, frame):
+    end(128 + signum, grace)
+
+def on_parent_death(signum, frame):
+    if os.getppid() != parent:  # not just the spawning thread of the runtime ending
+        end(128 + signal.SIGKILL, 0)
+
+signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGUSR1, on_parent_death)
 if os.getppid() != parent:
-    end_group()
+    end(128 + signal.SIGKILL, 0)
 child = os.posix_spawnp(
-    sys.argv[2], sys.argv[2:], os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
+    sys.argv[4], sys.argv[4:], os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
 )
+
 def watch_parent():
     while True:
         if os.getppid() != parent:
-            end_group()
+            end(128 + signal.SIGKILL, 0)
         time.sleep(0.5)
+
 threading.Thread(target=watch_parent, daemon=True).start()
-status = os.waitpid(child, 0)[1]
+try:
+    status = os.waitpid(child, 0)[1]
+except ChildProcessError:  # reaped by an ending under way in the parent watch
+    time.sleep(3600)
 code = os.waitstatus_to_exitcode(status)
-os._exit(code if code >= 0 else 128 - code)
+with ending:
+    stopped = sweep(grace)
+    if status_fd >= 0:
+        os.write(status_fd, json.dumps({"stopped": stopped}).encode())
+    os._exit(code if code >= 0 else 128 - code)
 """
 
 
-def supervised_argv(argv: list[str]) -> list[str]:
-    """`argv` run under the supervisor: its whole process group ends when the runtime dies.
+def supervised_argv(argv: list[str], *, status_fd: int = -1) -> list[str]:
+    """`argv` run under the supervisor: it and everything it starts end when the supervisor
+    is sent SIGTERM and when the runtime dies.
 
-    The caller must start it as a new session (``start_new_session=True``) so that the
-    group holds the program and everything it starts, and nothing else.
+    The caller must start it as a new session (``start_new_session=True``). With
+    ``status_fd`` (passed to the child), the supervisor writes ``{"stopped": N}`` there
+    once the program has ended and the N processes it left behind are gone.
     """
-    return [sys.executable, "-I", "-S", "-c", _SUPERVISOR, str(os.getpid()), *argv]
+    return [
+        *(sys.executable, "-I", "-S", "-c", _SUPERVISOR),
+        *(str(os.getpid()), str(status_fd), str(_GRACE_SECONDS)),
+        *argv,
+    ]
 
 
 @dataclass(frozen=True)
@@ -120,22 +216,34 @@ async def run_command(
     max_chars: int,
     registry: Path | None = None,
 ) -> CommandResult:
-    """Run ``bash -c command``; on timeout or cancellation its whole process group ends."""
-    process = await anyio.open_process(
-        supervised_argv(["bash", "-c", command]),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=cwd,
-        start_new_session=True,
-    )
+    """Run ``bash -c command``; when it ends, times out or is cancelled, every process it
+    started ends too (see the module's docstring)."""
+    tag = secrets.token_hex(12)
+    status_read, status_write = os.pipe()
+    try:
+        process = await anyio.open_process(
+            supervised_argv(["bash", "-c", command], status_fd=status_write),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, TAG_VARIABLE: tag},
+            start_new_session=True,
+            pass_fds=(status_write,),
+        )
+    except BaseException:
+        os.close(status_read)
+        raise
+    finally:
+        os.close(status_write)
     pgid = process.pid
     if registry is not None:
         # The registry is fsync-ed under a lock: off the event loop, which other sessions share.
-        await anyio.to_thread.run_sync(_record_group, registry, pgid, command)
+        await anyio.to_thread.run_sync(_record_group, registry, pgid, command, tag)
     output = _Output(max_chars)
     drained = anyio.Event()
-    timed_out = stopped = False
+    timed_out = False
+    report: dict[str, Any] | None = None
     try:
         assert process.stdout is not None
         async with anyio.create_task_group() as tg:
@@ -143,16 +251,20 @@ async def run_command(
             with anyio.move_on_after(timeout) as deadline:
                 await process.wait()
             timed_out = deadline.cancelled_caught
-            stopped = await _stop_group(pgid, process)
+            await _stop(pgid, process)
             with anyio.move_on_after(_DRAIN_SECONDS):
                 await drained.wait()
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
-            await _stop_group(pgid, process)
+            await _stop(pgid, process)
             await process.aclose()
+            report = _read_report(status_read)
+            if report is None:  # the supervisor was stopped before it could finish its sweep
+                await anyio.to_thread.run_sync(_kill_tagged, tag)
             if registry is not None:
                 await anyio.to_thread.run_sync(_forget_group, registry, pgid)
+    stopped = report is not None and bool(report.get("stopped"))
     return CommandResult(
         output=output.text(),
         exit_code=None if timed_out else process.returncode,
@@ -171,18 +283,63 @@ async def _drain(stream: ByteReceiveStream, output: _Output, done: anyio.Event) 
         done.set()
 
 
-async def _stop_group(pgid: int, process: Process) -> bool:
-    """SIGTERM the group, give it a short grace, then SIGKILL. False if it was already gone."""
-    if not await _group_alive_async(pgid) or not _signal_group(pgid, signal.SIGTERM):
-        return False
-    with anyio.move_on_after(_GRACE_SECONDS):
+async def _stop(pgid: int, process: Process) -> None:
+    """End a call still running: SIGTERM to its group makes the supervisor sweep everything
+    below it; if it has not exited in time, the group is killed."""
+    if process.returncode is None and _signal_group(pgid, signal.SIGTERM):
+        with anyio.move_on_after(_STOP_SECONDS):
+            await process.wait()
+    if process.returncode is None:
+        _signal_group(pgid, signal.SIGKILL)
         await process.wait()
-        while await _group_alive_async(pgid):  # noqa: ASYNC110 (no event says it is gone)
-            await anyio.sleep(0.02)
-        return True
-    _signal_group(pgid, signal.SIGKILL)
-    await process.wait()
-    return True
+    if await _group_alive_async(pgid):  # only if the supervisor could not finish
+        _signal_group(pgid, signal.SIGKILL)
+
+
+def _read_report(fd: int) -> dict[str, Any] | None:
+    """What the supervisor wrote when it finished; None if it ended before (killed)."""
+    try:
+        os.set_blocking(fd, False)
+        data = os.read(fd, 4096)
+    except OSError:
+        data = b""
+    finally:
+        os.close(fd)
+    try:
+        report: object = json.loads(data)
+    except ValueError:
+        return None
+    return cast(dict[str, Any], report) if isinstance(report, dict) else None
+
+
+def _kill_tagged(tag: str) -> int:
+    """SIGKILL every process whose environment carries the call's tag; how many there were."""
+    marker = f"{TAG_VARIABLE}={tag}".encode()
+    killed = 0
+    for _ in range(5):  # again, for what forked while being killed
+        found = [pid for pid in _pids() if marker in _environment(pid)]
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        killed += len(found)
+        if not found:
+            break
+    return killed
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
+
+
+def _environment(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            return file.read().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return []
 
 
 def _signal_group(pgid: int, signum: int) -> bool:
@@ -233,9 +390,10 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])  # field 22 of the whole line
 
 
-def _record_group(registry: Path, pgid: int, command: str) -> None:
+def _record_group(registry: Path, pgid: int, command: str, tag: str) -> None:
     entry: dict[str, Any] = {
         "pgid": pgid,
+        "tag": tag,
         "start_time": process_start_time(pgid),
         "owner_pid": os.getpid(),
         "owner_start_time": process_start_time(os.getpid()),
@@ -253,10 +411,11 @@ def _forget_group(registry: Path, pgid: int) -> None:
 
 
 def reap_leftover_processes(registry: Path) -> int:
-    """Kill process groups recorded by runtimes that are gone; return how many were killed.
+    """End what calls of runtimes that are gone left running; return how many calls had some.
 
-    A group is killed only if its leader's start time still matches the record, so a
-    reused pid is never touched. Records of a runtime that is still running are kept.
+    A recorded group is killed only if its leader's start time still matches the record, so
+    a reused pid is never touched; processes that left the group are found by the call's
+    tag in their environment. Records of a runtime that is still running are kept.
     """
     killed = 0
 
@@ -269,12 +428,18 @@ def reap_leftover_processes(registry: Path) -> int:
             if alive and owner_started is not None:
                 kept.append(group)
                 continue
-            pgid, started = group.get("pgid"), group.get("start_time")
-            if not isinstance(pgid, int) or started is None:
-                continue
-            if process_start_time(pgid) == started and _group_alive(pgid):
-                _signal_group(pgid, signal.SIGKILL)
-                killed += 1
+            pgid, started, tag = group.get("pgid"), group.get("start_time"), group.get("tag")
+            ended = False
+            if (
+                isinstance(pgid, int)
+                and started is not None
+                and process_start_time(pgid) == started
+                and _group_alive(pgid)
+            ):
+                ended = _signal_group(pgid, signal.SIGKILL)
+            if isinstance(tag, str) and tag:
+                ended = _kill_tagged(tag) > 0 or ended
+            killed += ended
         return kept
 
     if registry.exists():

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import re
+import stat
+from pathlib import Path
 
 from ..errors import ToolError
 from ..function import tool
 from ..interface import ToolContext
 from ..workspace import (
     display_path,
+    file_kind,
     glob_to_regex,
     is_binary,
+    open_regular,
     resolve_path,
     split_lines,
+    stat_path,
     walk_files,
 )
 
@@ -35,12 +40,11 @@ def list_files(ctx: ToolContext, path: str = ".", pattern: str | None = None) ->
             A pattern without "/" such as "*.md" matches file names at any depth.
     """
     root = resolve_path(ctx.workspace, path)
-    if not root.exists():
-        raise ToolError(f"path not found: {path}")
+    _check_root(ctx, root, path)
     matcher = glob_to_regex(pattern) if pattern else None
     found: list[str] = []
     total = 0
-    for file in walk_files(root):
+    for file in walk_files(ctx.workspace, root, links=True):
         if matcher is not None:
             relative = file.relative_to(root).as_posix() if root.is_dir() else file.name
             if not matcher.match(relative):
@@ -73,21 +77,21 @@ def grep(ctx: ToolContext, pattern: str, path: str = ".", glob: str | None = Non
     except re.error as error:
         raise ToolError(f"invalid regex {pattern!r}: {error}") from None
     root = resolve_path(ctx.workspace, path)
-    if not root.exists():
-        raise ToolError(f"path not found: {path}")
+    _check_root(ctx, root, path)
     matcher = glob_to_regex(glob) if glob else None
     out: list[str] = []
     size = 0
-    for file in walk_files(root):
+    for file in walk_files(ctx.workspace, root):
         if matcher is not None:
             relative = file.relative_to(root).as_posix() if root.is_dir() else file.name
             if not matcher.match(relative):
                 continue
         try:
-            if file.is_symlink() or file.stat().st_size > MAX_GREP_FILE_BYTES:
-                continue
-            data = file.read_bytes()
-        except OSError:
+            with open_regular(ctx.workspace, file) as opened:
+                data = opened.read(MAX_GREP_FILE_BYTES + 1)
+        except ToolError:  # changed since the walk saw it
+            continue
+        if len(data) > MAX_GREP_FILE_BYTES:
             continue
         if is_binary(data):
             continue
@@ -107,3 +111,13 @@ def grep(ctx: ToolContext, pattern: str, path: str = ".", glob: str | None = Non
             out.append(entry)
             size += len(entry) + 1
     return "\n".join(out) if out else f"no matches for {pattern!r}"
+
+
+def _check_root(ctx: ToolContext, root: Path, path: str) -> None:
+    """A folder or a regular file to search; anything else is a ToolError."""
+    status = stat_path(ctx.workspace, root)
+    if status is None:
+        raise ToolError(f"path not found: {path}")
+    if not (stat.S_ISDIR(status.st_mode) or stat.S_ISREG(status.st_mode)):
+        shown = display_path(ctx.workspace, root)
+        raise ToolError(f"{shown} is a {file_kind(status.st_mode)}, not a file or folder")
