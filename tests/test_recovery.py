@@ -24,7 +24,9 @@ from tidemark.providers.anthropic import AnthropicModel
 pytestmark = pytest.mark.anyio
 
 TASK = "Survey the notes and report."
-_LONG = "The notes so far point at the parser; I keep reading before changing anything. " * 110
+# Under the stub size (1,000 chars): no instant strategy can shorten these texts.
+_SHORT = "The notes so far point at the parser; I keep reading before changing anything. " * 11
+_STEPS = 90
 
 
 def _events(result: Any) -> list[dict[str, Any]]:
@@ -41,12 +43,14 @@ async def _run(api: FakeMessagesAPI, settings: Settings) -> Any:
 
 
 def _talkative(tmp_path: Path, turns: int) -> list[Reply]:
-    """Turns whose long texts no tool-result clearing can shrink (their results are tiny)."""
-    (tmp_path / "note.txt").write_text("parser\n")
-    steps = [
-        tool_calls(("read_file", {"path": "note.txt"}), text=f"Step {i}. {_LONG}")
-        for i in range(turns)
-    ]
+    """Many turns that no instant strategy can shrink: texts under the stub size, results
+    smaller than a tombstone, each call a different file (no repeated-call guard)."""
+    steps: list[Reply] = []
+    for i in range(turns):
+        (tmp_path / f"note{i}.txt").write_text("parser\n")
+        steps.append(
+            tool_calls(("read_file", {"path": f"note{i}.txt"}), text=f"Step {i}. {_SHORT}")
+        )
     return [*steps, text("Report: the parser is the culprit.")]
 
 
@@ -57,14 +61,14 @@ def _no_memory(tmp_path: Path) -> Settings:
         context_window=30_000,
         compact_at=20_000,
         memory_init_tokens=1_000_000,  # no memory: compaction has only clearing and a summary
-        max_turns=60,
+        max_turns=_STEPS + 10,
     )
 
 
 async def test_the_blocking_summary_is_reached_naturally_and_replaces_the_context(
     tmp_path: Path,
 ) -> None:
-    script = Script(_talkative(tmp_path, 12))
+    script = Script(_talkative(tmp_path, _STEPS))
     with FakeMessagesAPI(script) as api:
         result = await _run(api, _no_memory(tmp_path))
     assert result.outcome == "finished"
@@ -86,7 +90,7 @@ async def test_the_blocking_summary_is_reached_naturally_and_replaces_the_contex
 async def test_a_failed_blocking_summary_is_an_event_the_context_is_kept_and_the_run_goes_on(
     tmp_path: Path, summary: Reply
 ) -> None:
-    script = Script(_talkative(tmp_path, 12), compact=lambda _r: summary)
+    script = Script(_talkative(tmp_path, _STEPS), compact=lambda _r: summary)
     with FakeMessagesAPI(script) as api:
         result = await _run(api, _no_memory(tmp_path))
     assert result.outcome == "finished"
@@ -100,7 +104,7 @@ async def test_a_failed_blocking_summary_is_an_event_the_context_is_kept_and_the
     # The context was kept: the last turn still opens with the task and holds every turn.
     last = api.requests_for("turn")[-1].body["messages"]
     assert TASK in json.dumps(last[0]) and SUMMARY_HEADER not in json.dumps(last)
-    assert len(last) == 2 * 12 + 1
+    assert len(last) == 2 * _STEPS + 1
     assert api.invalid_requests == []
     # `inspect` shows the failure in the timeline.
     shown = tidemark("inspect", "--workspace", str(tmp_path))
@@ -120,7 +124,7 @@ async def test_prompt_too_long_forces_a_compaction_and_one_valid_retry_then_the_
         context_window=60_000,
         compact_at=45_000,
         memory_init_tokens=1_000_000,
-        max_turns=60,
+        max_turns=_STEPS + 10,
     )
     with FakeMessagesAPI(session.script(), context_window=16_000) as api:
         result = await _run(api, settings)
