@@ -185,7 +185,8 @@ async def demo(model: Metered, workspace: Path) -> None:
         return
     kept = result.context[1:]
     print(
-        f"After ({result.strategy}, {stall_ms:.1f} ms, no model call): memory + "
+        f"After ({result.strategy}, {stall_ms:.1f} ms, no model call): "
+        f"{'memory' if result.strategy == 'session_memory' else 'tombstones and stubs'} + "
         f"{len(kept)} kept messages, ~{result.post_tokens:,} tokens"
     )
     for m in kept:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,10 @@ def test_cookbook_demo_compacts_without_a_model_call_and_compares_full_and_compa
     out = proc.stdout
     assert "[Turn 5] USER:" in out
     assert "update started in the background" in out
-    assert "After (session_memory" in out and "no model call" in out
+    # A forced compaction takes the smallest instant result: the memory + tail, or (since
+    # long assistant texts can be stubbed) tool-result clearing; never a model call.
+    assert re.search(
+        r"After \((session_memory|tool_result_clearing), [\d.]+ ms, no model call\)", out
+    )
     assert "RESPONSE TIME: FULL vs COMPACTED vs BLOCKING SUMMARY" in out
     assert "Session memory: " in out and "background updates" in out
