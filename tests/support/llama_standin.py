@@ -1,9 +1,10 @@
 """A stand-in for llama.cpp's `Llama` with a scripted speed, for ordering tests of `LocalModel`.
 
 It has the part of `Llama`'s interface the local provider uses (`tokenize`, `input_ids`,
-`metadata`, streamed `create_completion`, `close`). It generates a fixed reply one piece at a
-time; a memory-update prompt generates slowly and can be held between tokens by a gate, so
-a test can issue a turn while an update is provably in the middle of generating.
+`n_tokens`, `eval`, `metadata`, streamed `create_completion`, `close`). It generates a fixed
+reply one piece at a time; a memory-update prompt generates slowly and can be held between
+tokens by a gate, so a test can issue a turn while an update is provably in the middle of
+generating.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class _Context:
     def __init__(self, owner: SlowUpdates) -> None:
         self.owner = owner
         self.input_ids: list[int] = []
+        self.n_tokens = 0
         self.metadata: dict[str, str] = {}
         self.closed = False
 
@@ -55,8 +57,14 @@ class _Context:
         # One token per byte: prefix reuse behaves like the real cache, and decoding is exact.
         return [256, *text] if add_bos else list(text)
 
+    def eval(self, tokens: list[int]) -> None:
+        # Chunked prefill: `n_tokens` is where the cache ends; `eval` appends after it.
+        self.input_ids = [*self.input_ids[: self.n_tokens], *tokens]
+        self.n_tokens = len(self.input_ids)
+
     def create_completion(self, tokens: list[int], **params: Any) -> Iterator[dict[str, Any]]:
         self.input_ids = list(tokens)
+        self.n_tokens = len(tokens)
         prompt = bytes(t for t in tokens if t < 256).decode(errors="replace")
         return self._stream(UPDATE_MARKER in prompt, int(params.get("max_tokens", 16)))
 
