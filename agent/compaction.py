@@ -60,6 +60,9 @@ class CompactionBudget:
     tail_min: int
     tail_max: int
     tail_min_text_messages: int = 5
+    # Extension back over messages the memory covers stops here (the uncovered part is
+    # always kept, up to `tail_max`). 0: no separate bound.
+    tail_covered_max: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,13 +173,20 @@ def compact_with_memory(
         memory_text, _users_own_before(transcript, uncovered_position), source="session memory"
     )
     room = budget.target - budget.preamble - counter.message(largest_summary)
+    extension_cap = min(budget.tail_max, room)
+    if budget.tail_covered_max:
+        # The memory holds what lies before `first_uncovered`: extend back over it only to
+        # the covered-part bound (a fresh memory leaves a small context).
+        extension_cap = min(
+            extension_cap, max(budget.tail_covered_max, sum(tokens[first_uncovered:]))
+        )
     start = kept_tail_start(
         real,
         first_uncovered,
         tokens,
         min_tokens=budget.tail_min,
         min_text_messages=budget.tail_min_text_messages,
-        max_tokens=max(0, min(budget.tail_max, room)),
+        max_tokens=max(0, extension_cap),
     )
     if start == 0 and len(context) == len(real):
         return None  # nothing to drop: memory would only add
@@ -259,7 +269,7 @@ async def full_summary(
         tools=tools,
         max_tokens=max_tokens,
         purpose="compact",
-        tool_choice="none",
+        tool_choice="auto",  # the turns' choice, so the message cache is shared
     )
     response = await model.generate(request)
     text = response.text.strip()

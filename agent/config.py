@@ -86,6 +86,16 @@ class Settings(BaseModel):
         return min(40_000, self.compaction_threshold // 2)
 
     @property
+    def tail_covered_max_tokens(self) -> int:
+        """How far the kept tail extends back over messages the memory already covers.
+
+        The memory holds them, so keeping them verbatim too buys little and costs every
+        later turn (and the cache rewrite at compaction): a quarter of --compact-at, and
+        never under the tail's minimum. Messages the memory does not cover are always kept.
+        """
+        return max(self.tail_min_tokens, self.compaction_threshold // 4)
+
+    @property
     def memory_limit_tokens(self) -> int:
         """The memory's size limit, scaled so memory + tail fit under a small --compact-at."""
         return max(500, min(self.memory_max_tokens, self.compaction_threshold // 4))

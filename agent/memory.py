@@ -17,6 +17,7 @@ from pathlib import Path
 from tidemark.storage import atomic_write_text
 
 __all__ = [
+    "APPEND_MARK",
     "SECTIONS",
     "MemoryDocument",
     "MemoryStore",
@@ -43,6 +44,10 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 HEADINGS = tuple(h for h, _ in SECTIONS)
 _DESCRIPTIONS = dict(SECTIONS)
 KEPT_MARK = "(kept by tidemark)"
+# A heading with this suffix in an update adds lines at the end of the section instead of
+# replacing it: an update then writes what is new (a worklog line, a result), not the whole
+# section again. Output tokens are what makes an update slow.
+APPEND_MARK = "(append)"
 _MARKER_RE = re.compile(r"<!--\s*tidemark-memory\s+(.*?)-->\s*$", re.S)
 _HEADING_RE = re.compile(r"# (.+?)\s*")
 _FENCE_RE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n\s*```\s*$", re.S)
@@ -61,8 +66,12 @@ def _strip_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
-def parse_sections(text: str) -> dict[str, str]:
-    """Bodies of the known level-1 sections (description line removed), in file order."""
+def parse_sections(text: str, *, appends: bool = False) -> dict[str, str]:
+    """Bodies of the known level-1 sections (description line removed), in file order.
+
+    With ``appends``, a heading written ``# Worklog (append)`` is kept under the key
+    ``"Worklog (append)"`` (see `merge_update`).
+    """
     text = _MARKER_RE.sub("", _strip_fence(text))
     found: dict[str, str] = {}
     current: str | None = None
@@ -80,9 +89,13 @@ def parse_sections(text: str) -> dict[str, str]:
         if line.lstrip().startswith("```"):
             in_fence = not in_fence
         m = _HEADING_RE.fullmatch(line) if not in_fence else None
-        if m and m.group(1).strip() in _DESCRIPTIONS:
+        name = m.group(1).strip() if m else ""
+        if appends and name.endswith(APPEND_MARK):
+            base = name.removesuffix(APPEND_MARK).strip()
+            name = f"{base} {APPEND_MARK}" if base in _DESCRIPTIONS else ""
+        if name and (name in _DESCRIPTIONS or name.endswith(APPEND_MARK)):
             close()
-            current, body = m.group(1).strip(), []
+            current, body = name, []
         elif current is not None:
             body.append(line)
     close()
@@ -216,16 +229,19 @@ NO_CHANGES = "NO CHANGES"
 def merge_update(current: MemoryDocument, reply: str) -> dict[str, str]:
     """Sections after applying a model reply: the changed sections only, or the whole document.
 
-    A reply of exactly ``NO CHANGES`` keeps the document as it is. A reply with no known
-    heading is rejected, and so is a whole-document rewrite (more than half the headings)
-    that drops one. Kept subsections in the reply are ignored.
+    A reply of exactly ``NO CHANGES`` keeps the document as it is. A section written under
+    its heading replaces that section; under ``# Heading (append)`` its lines are added at
+    the end of the section. A reply with no known heading is rejected, and so is a
+    whole-document rewrite (more than half the headings replaced) that drops one. Kept
+    subsections in the reply are ignored.
     """
     if reply.strip().strip(".").upper() == NO_CHANGES:
         return dict(current.sections)
-    parsed = parse_sections(reply)
+    parsed = parse_sections(reply, appends=True)
     if not parsed:
         raise MemoryUpdateError("the update contains none of the memory's headings")
-    if len(parsed) > len(HEADINGS) // 2:
+    replaced = [h for h in parsed if h in _DESCRIPTIONS]
+    if len(replaced) > len(HEADINGS) // 2:
         # More than half the headings: a rewrite of the whole document, which must keep
         # every heading (a dropped one is not refilled from the old document).
         missing = [h for h in HEADINGS if h not in parsed]
@@ -233,7 +249,13 @@ def merge_update(current: MemoryDocument, reply: str) -> dict[str, str]:
             raise MemoryUpdateError(f"the update drops headings: {', '.join(missing)}")
     merged = dict(current.sections)
     for heading, body in parsed.items():
-        merged[heading] = _drop_kept(body)
+        if heading in _DESCRIPTIONS:
+            merged[heading] = _drop_kept(body)
+    for heading, body in parsed.items():
+        added = _drop_kept(body)
+        if heading.endswith(APPEND_MARK) and added:
+            base = heading.removesuffix(APPEND_MARK).strip()
+            merged[base] = f"{merged.get(base, '').rstrip()}\n{added}".strip()
     return merged
 
 

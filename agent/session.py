@@ -302,6 +302,7 @@ class Session:
             preamble=self.preamble_tokens,
             tail_min=est(s.tail_min_tokens),
             tail_max=est(s.tail_max_tokens),
+            tail_covered_max=est(s.tail_covered_max_tokens),
         )
 
     async def compact_if_needed(self, *, force: bool = False) -> CompactionResult | None:

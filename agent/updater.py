@@ -49,10 +49,13 @@ Current memory:
 Subsections marked "(kept by tidemark)" are maintained by the runtime: do not write them.
 Write "# Current State" as three short lists: Done, In progress, Next.
 
-Reply with ONLY the sections that changed: each one starts with its exact heading line \
-(e.g. `# Current State`), followed by its complete new content (the italic description line \
-may be left out). Leave unchanged sections out. If nothing needs to change, reply exactly: \
-NO CHANGES. Keep it short: every word you write costs time.
+Reply with ONLY what changed. To replace a section, write its exact heading line \
+(e.g. `# Current State`) followed by its complete new content (the italic description line \
+may be left out). To add lines at the end of a section without rewriting it (new Worklog \
+steps, new Key results, new files), write the heading with ` (append)` after it, e.g. \
+`# Worklog (append)`, followed by the new lines only. Leave unchanged sections out. If \
+nothing needs to change, reply exactly: NO CHANGES. Keep it short: every word you write \
+costs time.
 </tidemark-session-memory-update>"""
 
 
@@ -266,7 +269,10 @@ class MemoryUpdater:
             max_tokens=self.output_budget,
             purpose="session-memory",
             cache_breakpoint=len(snapshot.messages) - 1,
-            tool_choice="none",
+            # The turns' tool choice: the API keys its message cache by `tool_choice`, so
+            # "none" here would make every update rewrite the whole prefix. The
+            # instruction says not to call tools; a reply that only calls one is rejected.
+            tool_choice="auto",
         )
         response = await self.model.generate(request)
         u = response.usage
@@ -277,6 +283,8 @@ class MemoryUpdater:
             "cache_creation_input_tokens": u.cache_creation_input_tokens,
         }
         reply = response.text
+        if response.stop_reason == "tool_use" and not reply.strip():
+            raise MemoryUpdateError("the update called a tool instead of writing the memory")
         if response.stop_reason == "max_tokens":
             raise MemoryUpdateError("the update was cut off at the output limit")
         if not reply.strip():

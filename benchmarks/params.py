@@ -14,10 +14,12 @@ class Params:
     ttft_per_input_token_s: float = 0.00004
     per_output_token_s: float = 0.015
     time_scale: float = 0.15  # every model sleep is multiplied by this; results are un-scaled
-    # Output sizes: blocking summaries and memory updates are whole ~3,000-token documents.
+    # Output sizes: blocking summaries are whole ~3,000-token documents. tidemark's updates
+    # write what changed (see `tests.support.sessions.changes_text`); the "whole rewrites"
+    # variant writes a whole ~3,000-token document every time, like a model that ignores
+    # the instruction.
     summary_tokens: int = 3000
     memory_tokens: int = 3000
-    short_memory_tokens: int = 600  # the "changed sections only" variant of tidemark
     # The scripted session.
     files: int = 24
     lines_per_file: int = 300
@@ -40,7 +42,7 @@ class Params:
             "langchain",
             "langchain-defaults",
             "tidemark",
-            "tidemark-short",
+            "tidemark-rewrite",
         )
     )
     quick: bool = False
@@ -52,8 +54,8 @@ class Params:
             f"{self.ttft_per_input_token_s * 1000:.2f} ms/uncached input token, "
             f"{self.per_output_token_s * 1000:.0f} ms/output token; "
             f"time scale {self.time_scale} (times reported un-scaled); "
-            f"summaries and memory updates {self.summary_tokens}/{self.memory_tokens} output "
-            f"tokens (short updates {self.short_memory_tokens}); "
+            f"summaries {self.summary_tokens} output tokens; memory updates write what changed "
+            f"(whole rewrites: {self.memory_tokens}); "
             f"session: {self.reads} file reads (2 in parallel every {self.parallel_every}) over "
             f"{self.files} files of {self.lines_per_file} lines; "
             f"window {self.context_window:,}, compact at {self.compact_at:,}"

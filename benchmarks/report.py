@@ -379,6 +379,14 @@ def targets(
             missed_target(tm) == 0,
             f"{missed_target(tm)} of {len(tm.compactions)} missed",
         )
+        lags = [c.memory_lag_tokens for c in tm.compactions if c.memory_lag_tokens is not None]
+        if lags and tm.compact_at:
+            lag = percentile([float(x) for x in lags], 50)
+            check(
+                "memory lag at compaction (median) ≤ ¼ --compact-at",
+                lag <= tm.compact_at / 4,
+                f"{lag:,.0f} vs {tm.compact_at // 4:,}",
+            )
         gap = min(turn_gaps(tm), default=None)
         check("≥ 3 turns between compactions", gap is None or gap >= 3, str(gap))
         blocking = by.get("blocking")
@@ -404,10 +412,12 @@ def targets(
         if base is not None and base.total_cost:
             r = tm.total_cost / base.total_cost
             check("cost ≤ 1.1× blocking, caching on (all requests)", r <= 1.1, f"{r:.2f}×")
-        short = by.get("tidemark-short")
-        if short is not None and base is not None and base.total_cost:
-            r = short.total_cost / base.total_cost
-            check("  same, short updates (changed sections)", r <= 1.1, f"{r:.2f}×")
+        rewrite = by.get("tidemark-rewrite")
+        if rewrite is not None and base is not None and base.total_cost:
+            r = rewrite.total_cost / base.total_cost
+            check(
+                "  same, whole rewrites (a model ignoring the instruction)", r <= 1.1, f"{r:.2f}×"
+            )
     if overhead:
         last = overhead[-1]
         check(

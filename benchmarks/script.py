@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tests.support.fakeapi import RecordedRequest, Reply, text
-from tests.support.sessions import LongSession, summary_text
+from tests.support.sessions import LongSession, changes_text, summary_text
 
 __all__ = ["StepScript", "step_of"]
 
@@ -37,16 +37,17 @@ def step_of(body: dict[str, Any]) -> int:
 
 @dataclass
 class StepScript:
-    """Responder: turns follow `session`; summaries and memory updates are whole documents.
+    """Responder: turns follow `session`; summaries are whole documents.
 
-    `summary_tokens` sizes blocking summaries (purpose `compact`); `memory_tokens` sizes
-    memory updates (purpose `session-memory`); `turn_output_tokens`, when set, is what each
-    turn claims to generate (the latency model streams it).
+    `summary_tokens` sizes blocking summaries (purpose `compact`). Memory updates (purpose
+    `session-memory`) write only what changed (`changes_text`), or, with `memory_tokens`
+    set, a whole document of that size. `turn_output_tokens`, when set, is what each turn
+    claims to generate (the latency model streams it).
     """
 
     session: LongSession
     summary_tokens: int = 3000
-    memory_tokens: int = 3000
+    memory_tokens: int | None = None
     turn_output_tokens: int | None = None
     bash_command: str | None = None  # replaces the session's test run (e.g. a cheap command)
 
@@ -60,6 +61,8 @@ class StepScript:
 
     def __call__(self, request: RecordedRequest) -> Reply:
         if request.purpose == "session-memory":
+            if self.memory_tokens is None:
+                return text(changes_text(request))
             return text(summary_text(request, self.memory_tokens))
         if request.purpose == "compact":
             return text(summary_text(request, self.summary_tokens))

@@ -55,7 +55,7 @@ LABELS = {
     "langchain": "3. LangChain SummarizationMiddleware",
     "langchain-defaults": "3b. LangChain, middleware defaults",
     "tidemark": "4. tidemark session memory",
-    "tidemark-short": "4b. tidemark, short updates",
+    "tidemark-rewrite": "4b. tidemark, whole rewrites",
 }
 
 
@@ -172,9 +172,7 @@ def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
     script = StepScript(
         session,
         summary_tokens=params.summary_tokens,
-        memory_tokens=params.short_memory_tokens
-        if name == "tidemark-short"
-        else params.memory_tokens,
+        memory_tokens=params.memory_tokens if name == "tidemark-rewrite" else None,
     )
     latency = latency_model(params, params.time_scale)
     out = workdir / f"{name}.json"

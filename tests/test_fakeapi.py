@@ -548,6 +548,29 @@ async def test_a_repeated_prefix_is_read_from_the_prompt_cache(
 
 
 @pytest.mark.anyio
+async def test_a_changed_tool_choice_reads_only_the_tools_and_system_from_the_cache(
+    api: FakeMessagesAPI, client: anthropic.AsyncAnthropic
+) -> None:
+    system: Any = [
+        {"type": "text", "text": "You are careful. " * 50, "cache_control": {"type": "ephemeral"}}
+    ]
+    messages = [
+        user([{"type": "text", "text": "hello " * 200, "cache_control": {"type": "ephemeral"}}])
+    ]
+
+    await stream(client, messages, system=system, tools=TOOLS)
+    same = await stream(client, messages, system=system, tools=TOOLS, tool_choice={"type": "auto"})
+    changed = await stream(
+        client, messages, system=system, tools=TOOLS, tool_choice={"type": "none"}
+    )
+
+    prefix = count_tokens({"tools": TOOLS, "system": system})
+    assert same.usage.cache_read_input_tokens == count_tokens(api.requests[1].body)
+    assert changed.usage.cache_read_input_tokens == prefix
+    assert changed.usage.cache_creation_input_tokens == count_tokens(api.requests[2].body) - prefix
+
+
+@pytest.mark.anyio
 async def test_with_caching_off_every_token_is_plain_input(
     client: anthropic.AsyncAnthropic,
 ) -> None:

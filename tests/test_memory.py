@@ -41,6 +41,46 @@ def test_a_reply_with_only_changed_sections_is_merged_into_the_current_document(
     _check(merged)
 
 
+def test_an_append_section_adds_its_lines_after_the_current_ones() -> None:
+    current = MemoryDocument(sections={h: f"old {h}" for h in HEADINGS})
+    merged = merge_update(
+        current,
+        "# Current State\nDone: parser.\n\n# Worklog (append)\n- step 2\n- step 3\n\n"
+        "# Key results (append)\n- PORT is 8042",
+    )
+    assert merged["Worklog"] == "old Worklog\n- step 2\n- step 3"
+    assert merged["Key results"] == "old Key results\n- PORT is 8042"
+    assert merged["Current State"] == "Done: parser."
+    assert merged["Learnings"] == "old Learnings"
+
+
+def test_appending_to_an_empty_section_starts_it() -> None:
+    merged = merge_update(MemoryDocument.empty(), "# Worklog (append)\n- read config.py")
+    assert merged["Worklog"] == "- read config.py"
+
+
+def test_an_append_under_an_unknown_heading_is_not_a_section() -> None:
+    with pytest.raises(MemoryUpdateError, match="none of the memory's headings"):
+        merge_update(MemoryDocument.empty(), "# Notes (append)\n- something")
+
+
+def test_appends_do_not_count_as_a_whole_rewrite_that_drops_headings() -> None:
+    current = MemoryDocument(sections={h: f"old {h}" for h in HEADINGS})
+    reply = "\n\n".join(f"# {h} (append)\n- more" for h in HEADINGS[:8])
+    merged = merge_update(current, reply)
+    assert merged[HEADINGS[0]] == f"old {HEADINGS[0]}\n- more"
+    assert merged[HEADINGS[9]] == f"old {HEADINGS[9]}"
+
+
+def test_appends_that_push_a_section_over_its_limit_are_rejected() -> None:
+    current = MemoryDocument(
+        sections={h: "x" * 7_000 if h == "Worklog" else "ok" for h in HEADINGS}
+    )
+    merged = merge_update(current, "# Worklog (append)\n" + "- step\n" * 300)
+    with pytest.raises(MemoryUpdateError, match="Worklog"):
+        _check(merged)
+
+
 def test_the_whole_document_in_a_code_fence_is_accepted() -> None:
     whole = "\n\n".join(f"# {h}\n_desc_\nnew {h}" for h in HEADINGS)
     merged = merge_update(MemoryDocument.empty(), f"```markdown\n{whole}\n```")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text
+from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text, tool_calls
 from tests.support.sessions import LongSession, memory_reply, write_repository
 from tidemark import Agent, Settings
 from tidemark.compaction import SUMMARY_HEADER
@@ -204,3 +204,42 @@ async def test_a_rejected_memory_update_changes_nothing_on_disk_or_in_context(
     assert all(
         c["boundary_message_id"] in (None, committed[0]["covers_message_id"]) for c in compactions
     )
+
+
+async def test_memory_updates_read_the_turns_prefix_from_the_prompt_cache(tmp_path: Path) -> None:
+    # The API caches message blocks per tool_choice: an update that changed it would
+    # rewrite the whole conversation into the cache instead of reading it.
+    session = _long_session(tmp_path, reads=16)
+    with FakeMessagesAPI(session.script()) as api:
+        await _run(api, tmp_path, compact_at=60_000)
+    turns = api.requests_for("turn")
+    updates = api.requests_for("session-memory")
+    assert updates
+    assert {json.dumps(r.body.get("tool_choice")) for r in updates} == {
+        json.dumps(r.body.get("tool_choice")) for r in turns
+    }
+    for update in updates:
+        usage = update.usage or {}
+        read = usage.get("cache_read_input_tokens", 0)
+        # The conversation up to the newest turns comes from the cache (with another
+        # tool_choice only the tools and system prompt would: under a tenth here).
+        assert read >= 0.5 * (update.input_tokens or 0), usage
+
+
+async def test_an_update_reply_that_only_calls_a_tool_is_rejected_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    session = _long_session(tmp_path, reads=16)
+
+    def calls_a_tool(request: RecordedRequest) -> Reply:
+        return tool_calls(("read_file", {"path": "inventory/stock.py"}))
+
+    with FakeMessagesAPI(Script(session.turns(), memory=calls_a_tool)) as api:
+        result = await _run(api, tmp_path)
+    events = _events(result.paths)
+    failed = [e for e in events if e["event"] == "memory_update_failed"]
+    assert result.outcome == "finished"
+    assert failed and all("called a tool" in e["error"] for e in failed)
+    assert not [e for e in events if e["event"] == "memory_update_committed"]
+    assert not result.paths.memory.exists()
+    assert api.invalid_requests == []

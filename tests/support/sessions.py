@@ -17,6 +17,7 @@ from tests.support.fakeapi import RecordedRequest, Reply, Script, text, tool_cal
 __all__ = [
     "FACT_RE",
     "LongSession",
+    "changes_text",
     "document_reply",
     "facts_in",
     "memory_reply",
@@ -185,6 +186,74 @@ def memory_reply(request: RecordedRequest, output_tokens: int | None = None) -> 
         f"- Read {len(seen)} files so far.\n"
     )
     return text(update, output_tokens=output_tokens)
+
+
+_CURRENT_MEMORY_RE = re.compile(r"<current-memory>(.*?)</current-memory>", re.S)
+_WORKLOG_STEP_RE = re.compile(r"^- Step (\S+): read ([^\s;]+)", re.M)
+_CALL_STEP_RE = re.compile(r"^toolu_s(\d+)_")
+
+
+def changes_text(request: RecordedRequest) -> str:
+    """A memory update that writes only what is new, the way the runtime asks for it.
+
+    The current memory is in the update instruction. Every file read the request shows that
+    the memory's Worklog does not list yet gets a worklog step; files the memory does not
+    name get a line in Files and Functions; codes not in Key results are added there (all
+    appended); Current State is rewritten. Its size follows what the session did since the
+    last update.
+    """
+    messages: list[dict[str, Any]] = request.body.get("messages", [])
+    last = messages[-1].get("content", "") if messages else ""
+    instruction = (
+        last
+        if isinstance(last, str)
+        else "\n".join(str(b.get("text", "")) for b in last if isinstance(b, dict))
+    )
+    match = _CURRENT_MEMORY_RE.search(instruction)
+    memory = match.group(1) if match else ""
+    # The instruction also carries, verbatim, results the context holds only as tombstones.
+    body = (
+        str(messages[:-1])
+        + _CURRENT_MEMORY_RE.sub("", instruction)
+        + str(request.body.get("system", ""))
+    )
+    logged = dict(_WORKLOG_STEP_RE.findall(memory))
+    reads: list[tuple[str, str]] = []
+    for message in messages[:-1]:
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        calls = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
+        for k, block in enumerate(calls):
+            step = _CALL_STEP_RE.match(str(block.get("id", "")))
+            path = (block.get("input") or {}).get("path")
+            if step and isinstance(path, str):
+                reads.append((f"{int(step.group(1))}.{k + 1}", path))
+    new_reads = [(step, path) for step, path in reads if step not in logged]
+    named = set(logged.values())
+    new_files = sorted({path for _, path in new_reads if path not in named})
+    codes = sorted(facts_in(body) - facts_in(memory))
+    parts = [
+        "# Current State\n"
+        f"- Done: listed the repository, {len(logged) + len(new_reads)} file reads.\n"
+        "- In progress: looking for the restock bug.\n"
+        "- Next: fix inventory/stock.py and run test_stock.py."
+    ]
+    if new_files:
+        parts.append(
+            "# Files and Functions (append)\n"
+            + "".join(
+                f"- {path}: helpers for one report; no restock logic.\n" for path in new_files
+            )
+        )
+    if codes:
+        parts.append(f"# Key results (append)\n- Codes seen: {', '.join(codes)}.\n")
+    if new_reads:
+        parts.append(
+            "# Worklog (append)\n"
+            + "".join(f"- Step {step}: read {path}; not related.\n" for step, path in new_reads)
+        )
+    return "\n\n".join(part.rstrip() for part in parts) + "\n"
 
 
 def summary_text(request: RecordedRequest, tokens: int = 3000) -> str:

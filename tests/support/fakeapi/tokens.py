@@ -8,8 +8,9 @@ Prompt caching follows what the API reports: the request is cut into blocks (eac
 each system block, each message content block) in tools -> system -> messages order; at a
 `cache_control` breakpoint the prefix ending there is written to a server-wide cache. A
 later request reads the longest prefix ending at any of its block boundaries (up to its
-last breakpoint) that an earlier request wrote. The API's minimum cacheable length, 20-block
-lookback window and TTL are not modelled.
+last breakpoint) that an earlier request wrote. As in the API, message blocks are cached
+per `tool_choice`: changing it leaves only the tools and system prefix to read. The API's
+minimum cacheable length, 20-block lookback window and TTL are not modelled.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ def _boundaries(body: dict[str, Any]) -> list[_Boundary]:
         add("system", system, base + _tokens(system))
     base += _tokens(system) if system else 0
 
+    # Message blocks are cached per `tool_choice` (absent means auto): a request that
+    # changes it reads only the tools and system prefix.
+    choice = body.get("tool_choice") or {"type": "auto"}
+    digest.update(f"\ntool_choice:{json.dumps(choice, sort_keys=True)}".encode())
     for message in body.get("messages") or []:
         if not isinstance(message, dict):  # only reachable with strict=False
             add("block", message, base + _tokens(message))
