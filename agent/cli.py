@@ -272,13 +272,16 @@ def _check_workspace(raw: str) -> None:
         )
 
 
-async def _run(args: argparse.Namespace, answered: list[RunResult]) -> RunResult:
+async def _run(
+    args: argparse.Namespace, answered: list[RunResult], agents: list[Agent]
+) -> RunResult:
     config: FileConfig = args.file_config
     provider: ProviderName = args.provider or config.provider or default_provider()
     settings = _settings(args, provider, config)
     extra_tools = _load_tools([*config.tools, *args.tools])
     async with _mcp_tools(args, config) as mcp_tools:
-        return await _run_agent(args, provider, settings, [*extra_tools, *mcp_tools], answered)
+        tools = [*extra_tools, *mcp_tools]
+        return await _run_agent(args, provider, settings, tools, answered, agents)
 
 
 def _mcp_servers(args: argparse.Namespace, config: FileConfig) -> dict[str, McpServerConfig]:
@@ -304,6 +307,7 @@ async def _run_agent(
     settings: Settings,
     extra_tools: list[Any],
     answered: list[RunResult],
+    agents: list[Agent],
 ) -> RunResult:
     # Loading a local model blocks for a moment (and joins the model file on first use).
     model = await anyio.to_thread.run_sync(
@@ -325,6 +329,7 @@ async def _run_agent(
         on_event=follow(progress),
         nudge_without_action=provider == "local",
     )
+    agents.append(agent)  # told by the signal watcher why it is cancelled
 
     def answer(result: RunResult) -> None:
         # The answer is shown at once; the session memory is saved after it.
@@ -347,18 +352,23 @@ async def _main_async(args: argparse.Namespace) -> int:
     result: RunResult | None = None
     stopped_by: list[int] = []  # the signal that stopped the run
     answered: list[RunResult] = []
+    agents: list[Agent] = []
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     stopped_by.append(signum)
+                    for agent in agents:  # its session_finished says how it was stopped
+                        agent.cancelled_by(
+                            "terminated" if signum == signal.SIGTERM else "interrupted"
+                        )
                     tg.cancel_scope.cancel()
                     return
 
         tg.start_soon(watch_signals)
         try:
-            result = await _run(args, answered)
+            result = await _run(args, answered, agents)
         finally:
             tg.cancel_scope.cancel()
     interrupted = bool(stopped_by)

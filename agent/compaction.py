@@ -32,6 +32,7 @@ from tidemark.tokens import TokenCounter
 __all__ = [
     "CompactionBudget",
     "CompactionResult",
+    "UnusableSummaryError",
     "clear_tool_results",
     "compact_with_memory",
     "full_summary",
@@ -48,6 +49,14 @@ summary that lets you continue the task without the messages: the task and the u
 instructions, what is ALREADY DONE (so it is not redone), the current state, files and \
 functions involved, errors met and their fixes, exact results so far, and the next step. \
 Markdown, at most about 1500 words. Reply with the summary only; do not call tools."""
+
+
+class UnusableSummaryError(ModelError):
+    """The blocking summary came back empty or cut off; `usage` is what its request cost."""
+
+    def __init__(self, message: str, *, usage: Usage) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -275,9 +284,10 @@ async def full_summary(
     text = response.text.strip()
     if not text or response.stop_reason not in ("end_turn", "stop_sequence"):
         # Never replace the session by an empty or cut-off summary: keep the context.
-        raise ModelError(
+        raise UnusableSummaryError(
             f"the model returned no usable summary (stop reason {response.stop_reason}); "
-            "the context was kept as it was"
+            "the context was kept as it was",
+            usage=response.usage,
         )
     real_tail = [m for m in tail if m.id in positions]
     position = positions[real_tail[0].id] if real_tail else len(transcript)

@@ -90,7 +90,7 @@ class ToolCall(TypedDict):
 
 
 class UpdateUsage(TypedDict, total=False):
-    """What a memory update's request cost (absent when it never got a response)."""
+    """What a memory update's or a summary's request cost (absent when it got no response)."""
 
     input_tokens: int
     output_tokens: int
@@ -148,11 +148,11 @@ class Compaction(TypedDict):
     cache_creation_input_tokens: NotRequired[int]
 
 
-class CompactionFailed(TypedDict):
+class CompactionFailed(UpdateUsage):
     """A blocking summary that failed; the context stays as it was."""
 
-    strategy: str
-    error: str
+    strategy: Required[str]
+    error: Required[str]
 
 
 class Notice(TypedDict):

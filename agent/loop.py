@@ -45,6 +45,7 @@ Ending = Literal[
     "empty_reply",
     "repeated_calls",
     "interrupted",
+    "terminated",
     "nothing_to_do",
     "failed",
 ]
@@ -91,10 +92,18 @@ class Agent:
         self.approver = approver or default_approver(self.settings.auto_approve)
         self.on_event = on_event
         self.nudge_without_action = nudge_without_action
+        self._cancel_cause: Literal["interrupted", "terminated"] = "interrupted"
         workspace = self.settings.workspace
         if not workspace.is_dir():
             raise WorkspaceError(f"workspace {workspace} does not exist or is not a directory")
         self.workspace = workspace.resolve()
+
+    def cancelled_by(self, cause: Literal["interrupted", "terminated"]) -> None:
+        """Say why the caller is about to cancel the run; its `session_finished` records it.
+
+        ``interrupted`` (the default: Ctrl-C) has exit code 130, ``terminated`` (SIGTERM) 143.
+        """
+        self._cancel_cause = cause
 
     # The class each run's session is made of (a subclass can change how it compacts).
     session_class: type[Session] = Session
@@ -229,6 +238,8 @@ class Agent:
                 failure = _one_error(group)
                 ending = "failed" if isinstance(failure, Exception) else ending
         finally:
+            if ending == "interrupted":
+                ending = self._cancel_cause
             # Synchronous, so a cancellation cannot cut it short: the transcript ends valid.
             _answer_pending(session)
             session.events.emit(
@@ -360,7 +371,8 @@ def _exit_code(ending: Ending, failure: BaseException | None) -> int:
         return failure.exit_code
     if ending == "failed":
         return 1  # a bug: its traceback follows
-    return {"finished": 0, "nothing_to_do": 0, **_UNFINISHED}.get(ending, 130)
+    # The shell's convention for a run a signal stopped: 128 + the signal number.
+    return {"finished": 0, "nothing_to_do": 0, "terminated": 143, **_UNFINISHED}.get(ending, 130)
 
 
 def _raise_unfinished(ending: Ending, session: Session, settings: Settings) -> None:

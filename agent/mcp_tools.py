@@ -47,6 +47,7 @@ class _Server:
     config: McpServerConfig
     session: Any = None  # mcp.ClientSession, typed loosely: the SDK is an optional extra
     gone: str | None = None
+    argv: list[str] | None = None  # a stdio server's command line, under its supervisor
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> str:
         if self.gone is not None:
@@ -143,17 +144,24 @@ async def connect_mcp_servers(
             "MCP servers are configured but the mcp package is missing: pip install 'tidemark[mcp]'"
         ) from None
     failure: str | None = None
+    started: list[_Server] = []
     try:
         async with AsyncExitStack() as stack:
             tools: list[McpTool] = []
             try:
-                tools = await _start_all(stack, servers, workspace, log_dir)
+                tools = await _start_all(stack, servers, workspace, log_dir, started)
             except ConfigError as exc:
                 failure = str(exc)
             except Exception as exc:  # the SDK raises many kinds; each says why
                 failure = _reason(exc)
             if failure is None:
-                yield tools
+                try:
+                    yield tools
+                except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
+                    # Interrupted: the SDK's polite stop (stdin closed, then a 2 s grace)
+                    # would hold the exit while a server is busy; end them now instead.
+                    _terminate(started)
+                    raise
     except Exception as exc:
         if failure is None:
             raise _single(exc) from None
@@ -167,10 +175,12 @@ async def _start_all(
     servers: Mapping[str, McpServerConfig],
     workspace: Path,
     log_dir: Path | None,
+    started: list[_Server],
 ) -> list[McpTool]:
     tools: list[McpTool] = []
     for name, config in servers.items():
         server = _Server(name, config)
+        started.append(server)
         errlog = _open_log(stack, log_dir, name)
         try:
             listing = await _connect(stack, server, workspace, errlog)
@@ -218,6 +228,7 @@ async def _connect(
                 _failure(server, f"command {config.command!r} not found", None)
             ) from None
         argv = supervised_argv([config.command, *config.args])
+        server.argv = argv
         params = StdioServerParameters(
             command=argv[0], args=argv[1:], env=dict(config.env) or None, cwd=workspace
         )
@@ -243,6 +254,32 @@ async def _connect(
             cursor = page.next_cursor
             if not cursor:
                 return listed
+
+
+def _terminate(servers: list[_Server]) -> None:
+    """SIGTERM the supervisors of these stdio servers: each ends its server's whole group.
+
+    The SDK keeps the process to itself; its supervisor is found among this process's
+    children by its command line (Linux /proc; elsewhere the SDK's own stop applies).
+    """
+    import os
+    import signal
+
+    wanted = {"\0".join(s.argv) + "\0" for s in servers if s.argv is not None}
+    if not wanted or not os.path.isdir("/proc"):
+        return
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) != me:
+                continue
+            if Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace") in wanted:
+                os.kill(int(entry), signal.SIGTERM)
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to signal
 
 
 def _search_path(config: McpServerConfig) -> str | None:

@@ -12,6 +12,7 @@ from tidemark.boundaries import last_safe_boundary
 from tidemark.compaction import (
     CompactionBudget,
     CompactionResult,
+    UnusableSummaryError,
     clear_tool_results,
     compact_with_memory,
     full_summary,
@@ -349,7 +350,14 @@ class Session:
                     budget=budget,
                 )
             except ModelError as exc:
-                self.events.emit("compaction_failed", strategy="full_summary", error=str(exc))
+                # A summary that came back unusable was still paid for: its usage goes along.
+                usage = exc.usage if isinstance(exc, UnusableSummaryError) else None
+                self.events.emit(
+                    "compaction_failed",
+                    strategy="full_summary",
+                    error=str(exc),
+                    **_usage_keys(usage),
+                )
                 return None
         self.context = result.context
         self._anchor = None

@@ -100,6 +100,16 @@ async def test_a_failed_blocking_summary_is_an_event_the_context_is_kept_and_the
     assert failed and all(f["strategy"] == "full_summary" for f in failed)
     assert all("no usable summary" in f["error"] for f in failed)
     assert len(failed) == len(api.requests_for("compact"))
+    # Each failed summary was paid for: its event carries the usage the server billed.
+    billed = [r.usage for r in api.requests_for("compact")]
+    assert all(u is not None for u in billed)
+    assert [f["input_tokens"] for f in failed] == [
+        u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
+        for u in billed
+        if u is not None
+    ]
+    assert [f["output_tokens"] for f in failed] == [u["output_tokens"] for u in billed if u]
+    assert all(f["input_tokens"] > 10_000 for f in failed)
     assert "full_summary" not in [e.get("strategy") for e in events if e["event"] == "compaction"]
     # The context was kept: the last turn still opens with the task and holds every turn.
     last = api.requests_for("turn")[-1].body["messages"]
