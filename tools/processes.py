@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
-from anyio.abc import ByteReceiveStream, Process
+import anyio.to_thread
 
 __all__ = ["CommandResult", "reap_leftover_processes", "run_command", "supervised_argv"]
 
@@ -220,32 +221,37 @@ async def run_command(
     started ends too (see the module's docstring)."""
     tag = secrets.token_hex(12)
     status_read, status_write = os.pipe()
+    process: _Child | None = None
     try:
-        process = await anyio.open_process(
-            supervised_argv(["bash", "-c", command], status_fd=status_write),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env={**os.environ, TAG_VARIABLE: tag},
-            start_new_session=True,
-            pass_fds=(status_write,),
-        )
+        # Started in a worker thread: fork and exec hold the calling thread until the
+        # supervisor has exec-ed, which on a busy machine takes long enough to stall every
+        # other session sharing the event loop.
+        with anyio.CancelScope(shield=True):  # a process that started is always ended below
+            process = await anyio.to_thread.run_sync(
+                functools.partial(
+                    _Child.start,
+                    supervised_argv(["bash", "-c", command], status_fd=status_write),
+                    cwd=cwd,
+                    env={**os.environ, TAG_VARIABLE: tag},
+                    pass_fds=(status_write,),
+                )
+            )
     except BaseException:
         os.close(status_read)
         raise
     finally:
         os.close(status_write)
+    assert process is not None  # the shielded start returned it or raised
     pgid = process.pid
-    if registry is not None:
-        # The registry is fsync-ed under a lock: off the event loop, which other sessions share.
-        await anyio.to_thread.run_sync(_record_group, registry, pgid, command, tag)
     output = _Output(max_chars)
     drained = anyio.Event()
     timed_out = False
     report: dict[str, Any] | None = None
     try:
-        assert process.stdout is not None
+        if registry is not None:
+            # The registry is fsync-ed under a lock: off the event loop, which other sessions
+            # share.
+            await anyio.to_thread.run_sync(_record_group, registry, pgid, command, tag)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, process.stdout, output, drained)
             with anyio.move_on_after(timeout) as deadline:
@@ -258,7 +264,7 @@ async def run_command(
     finally:
         with anyio.CancelScope(shield=True):
             await _stop(pgid, process)
-            await process.aclose()
+            process.close()
             report = _read_report(status_read)
             if report is None:  # the supervisor was stopped before it could finish its sweep
                 await anyio.to_thread.run_sync(_kill_tagged, tag)
@@ -273,17 +279,83 @@ async def run_command(
     )
 
 
-async def _drain(stream: ByteReceiveStream, output: _Output, done: anyio.Event) -> None:
+class _Child:
+    """A supervisor process started off the event loop, waited for and read without
+    blocking it: its exit through a pidfd where the kernel has them (polled otherwise),
+    its merged output through a non-blocking pipe."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        assert popen.stdout is not None
+        self.stdout = popen.stdout.fileno()
+        os.set_blocking(self.stdout, False)
+        self._pidfd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):  # no pidfd: not Linux 5.3+
+            self._pidfd = os.pidfd_open(self.pid)
+
+    @classmethod
+    def start(
+        cls, argv: list[str], *, cwd: Path, env: dict[str, str], pass_fds: tuple[int, ...]
+    ) -> _Child:
+        """Blocking: call it in a worker thread."""
+        return cls(
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+        )
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        while (code := self._popen.poll()) is None:
+            if self._pidfd is not None:
+                await anyio.wait_readable(self._pidfd)  # readable once the process exited
+            else:
+                await anyio.sleep(0.02)
+        return code
+
+    def close(self) -> None:
+        """Close the pipe and the pidfd (the process has been waited for)."""
+        for fd in (self._pidfd, self.stdout):
+            if fd is not None:
+                anyio.notify_closing(fd)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        assert self._popen.stdout is not None
+        self._popen.stdout.close()
+
+
+async def _drain(fd: int, output: _Output, done: anyio.Event) -> None:
     try:
-        async for chunk in stream:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+                continue
+            except OSError:  # closed under us
+                break
+            if not chunk:
+                break
             output.add(chunk)
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+    except anyio.ClosedResourceError:
         pass
     finally:
         done.set()
 
 
-async def _stop(pgid: int, process: Process) -> None:
+async def _stop(pgid: int, process: _Child) -> None:
     """End a call still running: SIGTERM to its group makes the supervisor sweep everything
     below it; if it has not exited in time, the group is killed."""
     if process.returncode is None and _signal_group(pgid, signal.SIGTERM):
