@@ -21,6 +21,7 @@ no result was interrupted and resumes from its transcript, like `tidemark resume
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -42,9 +43,11 @@ import anyio
 from pydantic import ValidationError
 
 from tidemark.config import Settings
+from tidemark.config_file import FileConfig, load_config
 from tidemark.errors import ConfigError, TidemarkError, TurnLimitError, WorkspaceError
 from tidemark.inspect import read_events, summarize
 from tidemark.loop import Agent, RunResult
+from tidemark.mcp_tools import connect_mcp_servers
 from tidemark.model import Model
 from tidemark.providers import ProviderName, make_model
 from tidemark.storage import JsonlAppender, atomic_write_text, read_jsonl
@@ -59,6 +62,7 @@ __all__ = [
     "ResultStore",
     "read_tasks",
     "run_task",
+    "task_settings",
 ]
 
 MARKER = ".tidemark-batch.json"
@@ -121,12 +125,20 @@ class BatchTask:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """What the command line says for every task (a task's own settings win)."""
+    """What the command line says for every task (a task's own settings win), and the
+    user's config file, read where the command runs.
+
+    Each task's workspace files (`.tidemark/config.toml`, `.mcp.json`) are read from its
+    copy where it runs. Precedence, as for `tidemark run`: the task's line, the command
+    line, the workspace files, the user file.
+    """
 
     provider: ProviderName
     model: str | None = None
     settings: dict[str, Any] = field(default_factory=dict[str, Any])
     tools: tuple[str, ...] = ()
+    provider_given: bool = False  # --provider: it wins over a workspace file's provider
+    user_config: FileConfig = field(default_factory=FileConfig)
 
 
 # -- TASKS.jsonl --------------------------------------------------------------------------------
@@ -413,30 +425,34 @@ async def run_task(
     final = ""
     try:
         workspace = await anyio.to_thread.run_sync(prepare_workspace, task, folder)
-        values: dict[str, Any] = {}
-        if options.provider == "local":
-            from tidemark.providers.local import local_defaults
-
-            values.update(local_defaults())
-        values.update(options.settings)
-        values.update(task.settings)
-        settings = Settings(**values, workspace=workspace)
+        config = options.user_config.merge(
+            await anyio.to_thread.run_sync(functools.partial(load_config, workspace, user=False))
+        )
+        provider = options.provider
+        if not options.provider_given and config.provider is not None:
+            provider = config.provider
+        settings = task_settings(task, options, config, provider, workspace)
         model = await models.get(
-            options.provider, task.model or options.model, settings.context_window
+            provider, task.model or options.model or config.model, settings.context_window
         )
-        agent = Agent(
-            model,
-            tools=_load_tools(options.tools),
-            settings=settings,
-            approver=default_approver(settings.auto_approve),
-            nudge_without_action=options.provider == "local",
-        )
-        existing = _latest_started_session(workspace)
-        result: RunResult
-        if existing is None:
-            result = await agent.run(task.task)
-        else:
-            result = await agent.resume(existing.session_id, None)
+        async with connect_mcp_servers(
+            config.mcp_servers,
+            workspace=workspace,
+            log_dir=workspace / ".tidemark" / "mcp-logs",
+        ) as mcp_tools:
+            agent = Agent(
+                model,
+                tools=[*_load_tools([*config.tools, *options.tools]), *mcp_tools],
+                settings=settings,
+                approver=default_approver(settings.auto_approve),
+                nudge_without_action=provider == "local",
+            )
+            existing = _latest_started_session(workspace)
+            result: RunResult
+            if existing is None:
+                result = await agent.run(task.task)
+            else:
+                result = await agent.resume(existing.session_id, None)
         paths = result.paths
         final = result.final_text
         if result.outcome == "nothing_to_do":  # it had finished before its result was kept
@@ -458,6 +474,35 @@ async def run_task(
         sessions = list_sessions(workspace)
         paths = sessions[-1] if sessions else None
     return _record(task, outcome, exit_code, error, final, paths, workspace, started, attempt)
+
+
+def task_settings(
+    task: BatchTask,
+    options: BatchOptions,
+    config: FileConfig,
+    provider: ProviderName,
+    workspace: Path,
+) -> Settings:
+    """A task's settings: its line, then the command line, then the config files (the
+    workspace's over the user's), then the provider's defaults."""
+    values: dict[str, Any] = {}
+    if provider == "local":
+        from tidemark.providers.local import local_defaults
+
+        values.update(local_defaults())
+    values.update(config.settings)
+    flags = dict(options.settings)
+    # --yes approves; without it a config file's `auto_approve` still holds (as for run).
+    flags["auto_approve"] = bool(flags.get("auto_approve")) or values.get("auto_approve", False)
+    values.update(flags)
+    values.update(task.settings)
+    try:
+        return Settings(**values, workspace=workspace)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = f" {first['loc'][0]!r}" if first["loc"] else ""
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"task {task.id}: setting{where}: {message}") from None
 
 
 def _cancelled(group: BaseExceptionGroup[Any]) -> bool:

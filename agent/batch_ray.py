@@ -456,16 +456,23 @@ def stderr_progress(total: int, already: int) -> BatchProgress:
 
 def batch_command(args: Any, flag_settings: dict[str, Any]) -> int:
     """`tidemark batch`: exit 0 all finished, 1 some failed, 2 bad input, 130 interrupted."""
+    from tidemark.config_file import load_config, load_user_config
     from tidemark.providers import default_provider
 
+    user_config = load_user_config()
     options = BatchOptions(
-        provider=args.provider or default_provider(),
+        provider=args.provider or user_config.provider or default_provider(),
         model=args.model,
         settings=flag_settings,
         tools=tuple(args.tools),
+        provider_given=args.provider is not None,
+        user_config=user_config,
     )
     tasks = read_tasks(Path(args.tasks_file).expanduser(), options)
-    _check_tools(options.tools)
+    _check_tools([*user_config.tools, *options.tools])
+    for task in tasks:  # a wrong key in a workspace's config file stops the batch at once
+        if not task.clone:
+            load_config(Path(task.workspace), user=False)
     out = Path(args.out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a folder for the results")

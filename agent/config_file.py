@@ -31,6 +31,7 @@ __all__ = [
     "FileConfig",
     "McpServerConfig",
     "load_config",
+    "load_user_config",
     "parse_mcp_flag",
     "user_config_path",
     "workspace_config_path",
@@ -134,12 +135,13 @@ class FileConfig:
         )
 
 
-def load_config(workspace: Path) -> FileConfig:
-    """The user file, the project's `.mcp.json` and the workspace file, merged."""
-    merged = FileConfig()
-    user = user_config_path()
-    if user.is_file():
-        merged = merged.merge(_read_toml(user))
+def load_config(workspace: Path, *, user: bool = True) -> FileConfig:
+    """The user file, the project's `.mcp.json` and the workspace file, merged.
+
+    ``user=False`` leaves the user file out (`tidemark batch` reads it once, where the
+    command runs, and each task's workspace files where the task runs).
+    """
+    merged = load_user_config() if user else FileConfig()
     mcp_json = workspace / ".mcp.json"
     if mcp_json.is_file():
         merged = merged.merge(_read_mcp_json(mcp_json))
@@ -147,6 +149,12 @@ def load_config(workspace: Path) -> FileConfig:
     if local.is_file():
         merged = merged.merge(_read_toml(local))
     return merged
+
+
+def load_user_config() -> FileConfig:
+    """The user file alone (empty when there is none)."""
+    path = user_config_path()
+    return _read_toml(path) if path.is_file() else FileConfig()
 
 
 def _read_text(path: Path) -> str:

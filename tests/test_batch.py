@@ -178,6 +178,86 @@ async def test_a_task_that_cannot_be_prepared_is_a_failed_result_not_an_exceptio
     assert not (tmp_path / "tasks" / "t" / "workspace").exists()
 
 
+@pytest.mark.anyio
+async def test_a_task_reads_its_workspace_config_and_the_user_config_under_its_line_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = tmp_path / "user.toml"
+    user.write_text('max_output_tokens = 1111\nmodel = "user-model"\n')
+    monkeypatch.setenv("TIDEMARK_USER_CONFIG", str(user))
+    configured = tmp_path / "configured"
+    (configured / ".tidemark").mkdir(parents=True)
+    (configured / ".tidemark" / "config.toml").write_text(
+        'max_output_tokens = 2222\nauto_approve = true\nmodel = "workspace-model"\n'
+    )
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    from tidemark.config_file import load_user_config
+
+    def options(**flags: Any) -> BatchOptions:
+        return BatchOptions(
+            provider="anthropic",
+            settings={"auto_approve": False, **flags},
+            user_config=load_user_config(),
+        )
+
+    runs = {
+        "workspace": (configured, {}, options()),
+        "user": (plain, {}, options()),
+        "flag": (configured, {}, options(max_output_tokens=3333)),
+        "line": (configured, {"max_output_tokens": 4444}, options(max_output_tokens=3333)),
+    }
+    sent: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for name, (source, line_settings, opts) in runs.items():
+        script = Script(
+            [tool_calls(("write_file", {"path": "new.txt", "content": "x\n"})), text("Done.")]
+        )
+        task = BatchTask(
+            id=name,
+            workspace=str(source),
+            clone=False,
+            task="write new.txt",
+            line=1,
+            settings=line_settings,
+        )
+        with FakeMessagesAPI(script) as api:
+            monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+            models = ModelCache()
+            try:
+                results[name] = await run_task(task, opts, tmp_path / "out", models, 1)
+            finally:
+                await models.aclose()
+            assert api.invalid_requests == []
+            sent[name] = api.requests[0].body
+    assert {n: r["outcome"] for n, r in results.items()} == dict.fromkeys(runs, "finished")
+    assert {n: b["max_tokens"] for n, b in sent.items()} == {
+        "workspace": 2222,
+        "user": 1111,
+        "flag": 3333,
+        "line": 4444,
+    }
+    assert sent["workspace"]["model"] == "workspace-model"
+    assert sent["user"]["model"] == "user-model"
+    written = {n: (tmp_path / "out" / "tasks" / n / "workspace" / "new.txt").exists() for n in runs}
+    # The workspace file approves tools; without it (and without --yes) the write is refused.
+    assert written == {"workspace": True, "user": False, "flag": True, "line": True}
+    assert not (configured / "new.txt").exists()
+
+
+def test_a_wrong_key_in_a_task_workspace_config_stops_the_batch_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ws" / ".tidemark").mkdir(parents=True)
+    (tmp_path / "ws" / ".tidemark" / "config.toml").write_text("max_turns = 3\nmax_turn = 4\n")
+    tasks = _write_tasks(tmp_path / "t.jsonl", {"id": "a", "workspace": "ws", "task": "x"})
+    assert main(["batch", str(tasks), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "config.toml:2" in err and "max_turn" in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
 # -- a real local Ray ---------------------------------------------------------------------------
 
 
