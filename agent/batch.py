@@ -327,10 +327,10 @@ class ModelCache:
     """One model (one HTTP client, one loaded local model) per worker, shared by its sessions."""
 
     def __init__(self) -> None:
-        self._models: dict[tuple[str, str | None, int], Model] = {}
+        self._models: dict[tuple[str, str | None, int | None], Model] = {}
         self._lock = anyio.Lock()
 
-    async def get(self, provider: ProviderName, name: str | None, window: int) -> Model:
+    async def get(self, provider: ProviderName, name: str | None, window: int | None) -> Model:
         key = (provider, name, window)
         async with self._lock:
             if key not in self._models:
@@ -431,10 +431,10 @@ async def run_task(
         provider = options.provider
         if not options.provider_given and config.provider is not None:
             provider = config.provider
-        settings = task_settings(task, options, config, provider, workspace)
-        model = await models.get(
-            provider, task.model or options.model or config.model, settings.context_window
-        )
+        settings = task_settings(task, options, config, workspace)
+        # Unless a window is set, the model brings its own (and its recommended settings).
+        window = settings.context_window if "context_window" in settings.model_fields_set else None
+        model = await models.get(provider, task.model or options.model or config.model, window)
         async with connect_mcp_servers(
             config.mcp_servers,
             workspace=workspace,
@@ -445,7 +445,6 @@ async def run_task(
                 tools=[*_load_tools([*config.tools, *options.tools]), *mcp_tools],
                 settings=settings,
                 approver=default_approver(settings.auto_approve),
-                nudge_without_action=provider == "local",
             )
             existing = _latest_started_session(workspace)
             result: RunResult
@@ -477,19 +476,11 @@ async def run_task(
 
 
 def task_settings(
-    task: BatchTask,
-    options: BatchOptions,
-    config: FileConfig,
-    provider: ProviderName,
-    workspace: Path,
+    task: BatchTask, options: BatchOptions, config: FileConfig, workspace: Path
 ) -> Settings:
     """A task's settings: its line, then the command line, then the config files (the
-    workspace's over the user's), then the provider's defaults."""
+    workspace's over the user's); `Agent` lays them over what the model recommends."""
     values: dict[str, Any] = {}
-    if provider == "local":
-        from tidemark.providers.local import local_defaults
-
-        values.update(local_defaults())
     values.update(config.settings)
     flags = dict(options.settings)
     # --yes approves; without it a config file's `auto_approve` still holds (as for run).

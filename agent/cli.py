@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import gc
 import json
+import re
 import signal
 import sys
 import warnings
@@ -27,6 +28,7 @@ from tidemark.config_file import FileConfig, McpServerConfig, load_config, parse
 from tidemark.errors import ConfigError, SessionNotFoundError, TidemarkError, WorkspaceError
 from tidemark.loop import Agent, RunResult
 from tidemark.mcp_tools import McpTool, connect_mcp_servers
+from tidemark.model import Model
 from tidemark.progress import RichProgress, follow, make_progress
 from tidemark.providers import ProviderName, default_provider, make_model
 from tidemark.tools import TerminalApprover, default_approver
@@ -198,14 +200,9 @@ def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _settings(
-    args: argparse.Namespace, provider: ProviderName, config: FileConfig | None = None
-) -> Settings:
+def _settings(args: argparse.Namespace, config: FileConfig | None = None) -> Settings:
+    """What the config files and flags set; the model adds its own under them (`Agent`)."""
     values: dict[str, Any] = {"workspace": Path(args.workspace).expanduser()}
-    if provider == "local":
-        from tidemark.providers.local import local_defaults
-
-        values.update(local_defaults())
     if config is not None:  # the config files, under the command line
         values.update(config.settings)
     flags = _flag_settings(args)
@@ -215,10 +212,30 @@ def _settings(
         return Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        if not first["loc"]:  # a rule across flags: its message names them
-            raise ConfigError(str(first["msg"]).removeprefix("Value error, ")) from None
+        if not first["loc"]:  # a rule across fields: its message names them
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise ConfigError(_flag_names(message)) from None
         where = str(first["loc"][0]).replace("_", "-")
         raise ConfigError(f"--{where}: {first['msg']}") from None
+
+
+def _flag_names(text: str) -> str:
+    """A settings message with its field names as the flags that set them."""
+    for field in _SETTING_FLAGS.values():
+        text = re.sub(rf"\b{field}\b", "--" + field.replace("_", "-"), text)
+    return text
+
+
+def _window(settings: Settings) -> int | None:
+    """The window the flags or config files set (None: the model's own)."""
+    return settings.context_window if "context_window" in settings.model_fields_set else None
+
+
+def _agent(model: Model, settings: Settings, **options: Any) -> Agent:
+    try:
+        return Agent(model, settings=settings, **options)
+    except ConfigError as exc:  # the model's settings under the flags: named by their flags
+        raise ConfigError(_flag_names(str(exc))) from None
 
 
 def _configure_logging(log_json: TextIO | None) -> None:
@@ -277,7 +294,7 @@ async def _run(
 ) -> RunResult:
     config: FileConfig = args.file_config
     provider: ProviderName = args.provider or config.provider or default_provider()
-    settings = _settings(args, provider, config)
+    settings = _settings(args, config)
     extra_tools = _load_tools([*config.tools, *args.tools])
     async with _mcp_tools(args, config) as mcp_tools:
         tools = [*extra_tools, *mcp_tools]
@@ -311,7 +328,7 @@ async def _run_agent(
 ) -> RunResult:
     # Loading a local model blocks for a moment (and joins the model file on first use).
     model = await anyio.to_thread.run_sync(
-        make_model, provider, args.model or args.file_config.model, settings.context_window
+        make_model, provider, args.model or args.file_config.model, _window(settings)
     )
     progress = make_progress(sys.stderr)
     from tidemark.providers.local import LocalModel
@@ -321,15 +338,6 @@ async def _run_agent(
     approver = default_approver(settings.auto_approve)
     if isinstance(approver, TerminalApprover) and isinstance(progress, RichProgress):
         approver = TerminalApprover(ask=progress.ask)  # the status line steps aside to ask
-    agent = Agent(
-        model,
-        tools=extra_tools,
-        settings=settings,
-        approver=approver,
-        on_event=follow(progress),
-        nudge_without_action=provider == "local",
-    )
-    agents.append(agent)  # told by the signal watcher why it is cancelled
 
     def answer(result: RunResult) -> None:
         # The answer is shown at once; the session memory is saved after it.
@@ -339,6 +347,10 @@ async def _run_agent(
             print(result.final_text, flush=True)
 
     try:
+        agent = _agent(
+            model, settings, tools=extra_tools, approver=approver, on_event=follow(progress)
+        )
+        agents.append(agent)  # told by the signal watcher why it is cancelled
         if args.command == "run":
             return await agent.run(args.task, on_answer=answer)
         return await agent.resume(args.session, args.task, on_answer=answer)
@@ -408,23 +420,22 @@ async def _chat(args: argparse.Namespace) -> int:
 
     config: FileConfig = args.file_config
     provider: ProviderName = args.provider or config.provider or default_provider()
-    settings = _settings(args, provider, config)
+    settings = _settings(args, config)
     extra_tools = _load_tools([*config.tools, *args.tools])
     async with _mcp_tools(args, config) as mcp_tools:
         model = await anyio.to_thread.run_sync(
-            make_model, provider, args.model or config.model, settings.context_window
+            make_model, provider, args.model or config.model, _window(settings)
         )
         view = ChatView()
-        agent = Agent(
-            model,
-            tools=[*extra_tools, *mcp_tools],
-            settings=settings,
-            approver=AutoApprover() if settings.auto_approve else ChatApprover(view),
-            on_event=follow(view),
-            on_text=view.text,
-            nudge_without_action=provider == "local",
-        )
         try:
+            agent = _agent(
+                model,
+                settings,
+                tools=[*extra_tools, *mcp_tools],
+                approver=AutoApprover() if settings.auto_approve else ChatApprover(view),
+                on_event=follow(view),
+                on_text=view.text,
+            )
             return await run_chat(agent, view, args.session)
         finally:
             with anyio.CancelScope(shield=True):

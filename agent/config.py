@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tidemark.errors import ConfigError
 
 __all__ = ["Settings"]
 
@@ -60,14 +64,44 @@ class Settings(BaseModel):
     auto_approve: bool = False
     """Run tools that write or execute without asking (--yes)."""
 
+    nudge_without_action: bool = False
+    """Tell a model that answers before it has used any tool to use one (once), and make its
+    first reply call a tool. Small models need it; a model that does asks for it."""
+
     @model_validator(mode="after")
     def _check_compact_at(self) -> Settings:
         if self.compact_at is not None and self.compact_at > self.context_window:
             raise ValueError(
-                f"--compact-at {self.compact_at} is larger than the context window "
-                f"{self.context_window}: lower it or raise --context-window"
+                f"compact_at {self.compact_at} is larger than the context window "
+                f"{self.context_window}: lower compact_at or raise context_window"
             )
         return self
+
+    def over(self, defaults: Mapping[str, Any]) -> Settings:
+        """These settings laid over `defaults` (what a model recommends): every field set
+        explicitly here wins, the others take the default's value when it has one.
+
+        A recommended `compact_at` that does not fit an explicitly set window is left out
+        (the threshold then follows the window). Raises ConfigError (one line, naming the
+        fields) when the combination is invalid.
+        """
+        explicit = {name: getattr(self, name) for name in self.model_fields_set}
+        values = {**defaults, **explicit}
+        compact_at = values.get("compact_at")
+        if (
+            "compact_at" not in explicit
+            and "context_window" in explicit
+            and compact_at is not None
+            and compact_at > explicit["context_window"]
+        ):
+            del values["compact_at"]
+        try:
+            return Settings.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"{where}: {message}" if where else message) from None
 
     @property
     def compaction_threshold(self) -> int:

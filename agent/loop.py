@@ -19,7 +19,7 @@ from tidemark.errors import (
 )
 from tidemark.events import EventSubscriber
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
-from tidemark.model import Model, ModelResponse, TextSink, ToolSpec
+from tidemark.model import Model, ModelResponse, TextSink, ToolSpec, model_settings
 from tidemark.prompts import system_prompt
 from tidemark.session import Session
 from tidemark.tool_turn import ToolTurns
@@ -71,6 +71,8 @@ class Agent:
 
     It prints nothing: every event goes to the session's events.jsonl and to `on_event`,
     called with each event record as it happens (a status line, a log, a test's list).
+    The model's context window and recommended settings apply wherever `settings` does not
+    set a field itself (`Agent(LocalModel())` runs like `tidemark run --provider local`).
     """
 
     def __init__(
@@ -82,16 +84,17 @@ class Agent:
         settings: Settings | None = None,
         approver: Approver | None = None,
         on_event: EventSubscriber | None = None,
-        nudge_without_action: bool = False,
         on_text: TextSink | None = None,
     ) -> None:
         self.model = model
         self.on_text = on_text  # receives the agent's reply text as it streams
-        self.settings = settings or Settings()
+        # The model says what it needs (its window, its recommended settings); what the
+        # caller set explicitly wins.
+        self.settings = (settings or Settings()).over(model_settings(model))
         self.toolset = Toolset([*(builtin_tools() if builtin else []), *tools])
         self.approver = approver or default_approver(self.settings.auto_approve)
         self.on_event = on_event
-        self.nudge_without_action = nudge_without_action
+        self.nudge_without_action = self.settings.nudge_without_action
         self._cancel_cause: Literal["interrupted", "terminated"] = "interrupted"
         workspace = self.settings.workspace
         if not workspace.is_dir():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,9 +15,11 @@ __all__ = [
     "ModelRequest",
     "ModelResponse",
     "Purpose",
+    "RecommendsSettings",
     "StopReason",
     "TextSink",
     "ToolSpec",
+    "model_settings",
 ]
 
 # Sent as the `X-Tidemark-Purpose` header on every request.
@@ -91,3 +93,28 @@ class Model(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class RecommendsSettings(Protocol):
+    """A model that knows what an agent on it needs (optional beside `Model`).
+
+    The embedded local model asks for a small compaction threshold, short replies, early
+    memory updates and the action nudge (`Settings.nudge_without_action`).
+    """
+
+    def recommended_settings(self) -> Mapping[str, Any]:
+        """`Settings` field values an agent on this model uses unless its caller set them."""
+        ...
+
+
+def model_settings(model: Model) -> dict[str, Any]:
+    """The settings `model` asks for: its context window, and what it recommends.
+
+    `Agent` lays the caller's explicit settings over these (`Settings.over`), so the
+    library and the command line run a model the same way.
+    """
+    values: dict[str, Any] = {"context_window": model.context_window}
+    if isinstance(model, RecommendsSettings):
+        values.update(model.recommended_settings())
+    return values

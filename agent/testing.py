@@ -13,7 +13,7 @@ request) so scripted turns are consumed by turns only.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tidemark.messages import ContentBlock, StopReason, TextBlock, ToolUseBlock, Usage
@@ -36,8 +36,12 @@ class ScriptedModel:
         memory: Callable[[ModelRequest], ModelResponse] | None = None,
         compact: Callable[[ModelRequest], ModelResponse] | None = None,
         context_window: int = 200_000,
+        recommended: Mapping[str, Any] | None = None,
     ) -> None:
+        """`recommended`: the settings this model asks an agent for, as a provider's model
+        does with `recommended_settings()` (e.g. ``{"nudge_without_action": True}``)."""
         self._steps = list(steps)
+        self._recommended = dict(recommended or {})
         self._memory = memory
         self._compact = compact
         self._context_window = context_window
@@ -50,6 +54,9 @@ class ScriptedModel:
     @property
     def context_window(self) -> int:
         return self._context_window
+
+    def recommended_settings(self) -> dict[str, Any]:
+        return dict(self._recommended)
 
     def estimate_tokens(self, text: str) -> int:
         return chars_estimate(text)

@@ -74,7 +74,8 @@ async def test_a_model_that_answers_without_acting_is_nudged_once_when_asked(
     tmp_path: Path,
 ) -> None:
     model = ScriptedModel([ScriptedModel.reply("I think it is fine."), ScriptedModel.reply("ok")])
-    result = await Agent(model, settings=_settings(tmp_path), nudge_without_action=True).run("x")
+    settings = _settings(tmp_path, nudge_without_action=True)
+    result = await Agent(model, settings=settings).run("x")
     assert result.turns == 2
     assert "not used any tool" in model.requests[1].messages[-1].text
 

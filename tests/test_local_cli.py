@@ -66,3 +66,6 @@ def test_with_no_api_key_the_cli_runs_the_local_model_and_it_makes_a_real_tool_c
     assert "PORT = 8042" in results[reads[0]["id"]]["content"]
     started = json.loads((session / "events.jsonl").read_text().splitlines()[0])
     assert started["provider"] == "LocalModel"
+    # The settings come from the model (as for `Agent(LocalModel())`): its small threshold.
+    events = [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
+    assert {e["threshold"] for e in events if e["event"] == "turn_started"} == {6000}

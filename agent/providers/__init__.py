@@ -19,13 +19,21 @@ def default_provider() -> ProviderName:
     return "local"
 
 
-def make_model(provider: ProviderName, model: str | None, context_window: int) -> Model:
+def make_model(
+    provider: ProviderName, model: str | None, context_window: int | None = None
+) -> Model:
+    """The provider's model; with `context_window` None, the model's own window."""
     if provider == "anthropic":
         from tidemark.providers.anthropic import DEFAULT_MODEL, AnthropicModel
 
+        if context_window is None:
+            return AnthropicModel(model or DEFAULT_MODEL)
         return AnthropicModel(model or DEFAULT_MODEL, context_window=context_window)
     from pathlib import Path
 
     from tidemark.providers.local import LocalModel
 
-    return LocalModel(Path(model) if model else None, context_window=context_window)
+    path = Path(model) if model else None
+    if context_window is None:
+        return LocalModel(path)
+    return LocalModel(path, context_window=context_window)

@@ -75,7 +75,8 @@ _CHUNK: Final = 4 << 20
 
 
 def local_defaults() -> dict[str, int]:
-    """Settings overrides for the local model on a small CPU (applied unless a flag is given).
+    """What an agent on the local model uses on a small CPU unless its caller sets otherwise
+    (`LocalModel.recommended_settings`, for the library and the command line alike).
 
     Prefill runs at ~100 tokens/s on 2 cores, so every token of context costs time once
     (append-only turns reuse the KV cache) and a compaction re-prefills the whole new context:
@@ -382,6 +383,14 @@ class LocalModel:
     @property
     def context_window(self) -> int:
         return self._context_window
+
+    def recommended_settings(self) -> dict[str, Any]:
+        """What an agent on this model uses unless its caller sets it (`local_defaults` for
+        this window, and the action nudge: a 0.5B model often answers without looking)."""
+        values: dict[str, Any] = {**local_defaults(), "nudge_without_action": True}
+        values["context_window"] = self._context_window
+        values["compact_at"] = min(values["compact_at"], self._context_window * 3 // 4)
+        return values
 
     @property
     def chat_template(self) -> str:
