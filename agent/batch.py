@@ -45,7 +45,7 @@ from pydantic import ValidationError
 from tidemark.config import Settings
 from tidemark.config_file import FileConfig, load_config
 from tidemark.errors import ConfigError, TidemarkError, TurnLimitError, WorkspaceError
-from tidemark.inspect import read_events, summarize
+from tidemark.inspection import read_events, summarize
 from tidemark.loop import Agent, RunResult
 from tidemark.mcp_tools import connect_mcp_servers
 from tidemark.model import Model

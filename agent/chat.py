@@ -283,7 +283,7 @@ async def _command(text: str, conversation: Conversation, view: ChatView) -> Act
         if session.compactions == before:
             view.say("  [nothing to compact: the context holds nothing that can be dropped]")
     elif name == "/inspect":
-        from tidemark.inspect import inspect_command
+        from tidemark.inspection import inspect_command
 
         view.end_of_text()
         args = argparse.Namespace(

@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     if args.command == "inspect":
-        from tidemark.inspect import inspect_command
+        from tidemark.inspection import inspect_command
 
         try:
             return inspect_command(args)

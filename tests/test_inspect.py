@@ -14,14 +14,8 @@ from rich.console import Console
 
 from tidemark import Agent, ScriptedModel, Settings
 from tidemark.cli import main
-from tidemark.inspect import (
-    PRICES,
-    PRICES_AS_OF,
-    PRICES_SOURCE,
-    estimate_cost,
-    price_for,
-    summarize,
-)
+from tidemark.inspection import summarize
+from tidemark.prices import PRICES, PRICES_AS_OF, PRICES_SOURCE, estimate_cost, price_for
 from tidemark.progress import PlainProgress, RichProgress, follow, make_progress
 
 RECORDED = Path(__file__).parent / "data" / "recorded-session"

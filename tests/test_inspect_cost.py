@@ -13,8 +13,9 @@ from tests.support.sessions import LongSession, memory_reply, write_repository
 from tests.test_cli import tidemark
 from tidemark import Agent, ScriptedModel, Settings
 from tidemark.errors import ContextTooLongError
-from tidemark.inspect import PRICES, estimate_cost, read_events, summarize
+from tidemark.inspection import read_events, summarize
 from tidemark.model import ModelRequest, ModelResponse
+from tidemark.prices import PRICES, estimate_cost
 
 
 def _usage(input_tokens: int, output_tokens: int, read: int = 0, write: int = 0) -> dict[str, int]:
