@@ -1,39 +1,26 @@
-"""Durable files: one atomic-write helper, whole-line JSONL appends, and tolerant reading."""
+"""Durable files: whole-file atomic writes, whole-line JSONL appends, and tolerant reading."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from tidemark.tools.atomic import atomic_write
+
 __all__ = ["JsonlAppender", "atomic_write_text", "read_jsonl"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text`: temp file in the same folder, fsync, rename, fsync folder.
+    """Replace `path` with `text`: temp file in the same folder, fsync, rename, fsync folder
+    (`tidemark.tools.atomic`, the one routine for whole-file writes).
 
     A crash at any point leaves the old file or the new one, never a mix or an empty file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, text)
 
 
 class JsonlAppender:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tidemark.storage import JsonlAppender, atomic_write_text, read_jsonl
+from tidemark.tools.atomic import atomic_write, replacing
 
 
 def test_kill_9_during_repeated_atomic_writes_leaves_a_whole_old_or_new_file(
@@ -42,6 +43,30 @@ def test_kill_9_during_repeated_atomic_writes_leaves_a_whole_old_or_new_file(
         content = target.read_text()
         assert len(content) == 200_000
         assert len(set(content)) == 1
+
+
+def test_an_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "run.sh"
+    target.write_text("echo old\n")
+    target.chmod(0o750)
+    assert atomic_write(target, "echo new\n") is True
+    assert target.read_text() == "echo new\n" and target.stat().st_mode & 0o777 == 0o750
+    assert atomic_write(tmp_path / "deeper" / "new.txt", b"x") is False  # made, with its folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deeper", "run.sh"]
+
+
+def test_a_replacement_that_fails_its_check_leaves_the_old_file_and_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / ("long-" * 50 + ".bin")  # 255 bytes: the temporary name stays short
+    target.write_bytes(b"old")
+    with pytest.raises(ValueError, match="bad content"), replacing(target) as new:
+        new.file.write(b"new but wrong")
+        new.file.flush()
+        assert new.temporary.read_bytes() == b"new but wrong" and new.existed
+        raise ValueError("bad content")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
 def test_a_torn_last_line_is_skipped_with_a_warning_and_new_lines_start_fresh(

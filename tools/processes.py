@@ -36,6 +36,8 @@ from typing import Any, cast
 import anyio
 import anyio.to_thread
 
+from .atomic import atomic_write
+
 __all__ = ["CommandResult", "reap_leftover_processes", "run_command", "supervised_argv"]
 
 _GRACE_SECONDS = 0.5  # how long the supervisor lets processes end on SIGTERM
@@ -526,12 +528,7 @@ def _update_registry(
     registry.parent.mkdir(parents=True, exist_ok=True)
     with _locked(registry.parent):
         groups = change(_read_groups(registry))
-        temporary = registry.with_name(f".{registry.name}.{os.getpid()}.tmp")
-        with temporary.open("w", encoding="utf-8") as file:
-            json.dump({"groups": groups}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, registry)
+        atomic_write(registry, json.dumps({"groups": groups}))
 
 
 def _read_groups(registry: Path) -> list[dict[str, Any]]:

