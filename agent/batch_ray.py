@@ -88,6 +88,7 @@ class BatchPlan:
     concurrency: int | None = None
     max_attempts: int = 3
     num_cpus: int | None = None  # of a local instance (default: this machine's)
+    host: type[SessionHost] = SessionHost  # the actor class (a subclass may measure it)
 
 
 @dataclass
@@ -203,7 +204,7 @@ def run_on_ray(
         concurrency = max(1, min(concurrency, len(plan.todo)))
         n_actors = min(cpus, concurrency)
         per_actor = math.ceil(concurrency / n_actors)
-        host = ray.remote(SessionHost).options(
+        host = ray.remote(plan.host).options(
             num_cpus=1, max_concurrency=per_actor, max_restarts=0, max_task_retries=0
         )
         actors: list[Any] = [host.remote(str(plan.out), token) for _ in range(n_actors)]

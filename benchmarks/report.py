@@ -312,10 +312,12 @@ def scale_table(rows: Sequence[ScaleRow]) -> str:
         "wall (s)",
         "turns/s",
         "CPU per turn",
+        "commands' CPU",
         "lag p50",
         "lag p99",
         "lag max",
         "lag p99 during updates",
+        "lag p99 while commands run / none run",
         "lag p99 / max incl. warm-up",
         "invalid",
     ]
@@ -329,10 +331,12 @@ def scale_table(rows: Sequence[ScaleRow]) -> str:
             f"{r.wall_s:.1f}",
             f"{r.turns_per_s:.1f}",
             _ms(r.cpu_ms_per_turn),
+            f"{r.tools_cpu_s:.1f} s",
             _ms(r.lag_p50_ms),
             _ms(r.lag_p99_ms),
             _ms(r.lag_max_ms),
             _ms(r.lag_p99_updating_ms),
+            f"{_ms(r.lag_p99_commands_ms)} / {_ms(r.lag_p99_no_commands_ms)}",
             f"{_ms(r.lag_p99_all_ms)} / {_ms(r.lag_max_all_ms)}",
             str(len(r.invalid)),
         ]
@@ -343,7 +347,9 @@ def scale_table(rows: Sequence[ScaleRow]) -> str:
         f"Time scale {scale} ({'real time' if scale == 1 else 'compressed: load is denser'}). "
         "Lag: how late a 5 ms sleep of a ticker task wakes up, steady state (after every "
         "session's first answer); 'during updates' = samples while a memory update was "
-        "in flight."
+        "in flight; 'while commands run' = while some session's `bash` command (the "
+        "session's pytest run) ran. Commands' CPU: the CPU time of those commands' "
+        "processes, beside the sessions' own."
     )
     problems = sorted({e[:160] for r in rows for e in r.invalid})
     if problems:

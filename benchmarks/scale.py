@@ -3,13 +3,16 @@
 ``python -m benchmarks.scale URL ROOT N OUT.json [options]`` runs N real `Agent` sessions
 concurrently in one event loop (one workspace each, under ROOT) against the benchmark's
 server, with background memory updates on, while a ticker task sleeps 5 ms at a time and
-records how late it wakes up: the event-loop lag every session's turn suffers.
+records how late it wakes up: the event-loop lag every session's turn suffers. The CPU time
+of the processes the sessions' tools ran (their `bash` commands) is reported beside the
+sessions' own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -56,6 +59,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.monotonic()
     cpu_started = time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker)
         async with anyio.create_task_group() as sessions:
@@ -65,9 +69,14 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "wall_s": time.monotonic() - started,
         "cpu_s": time.process_time() - cpu_started,
+        "children_cpu_s": _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - _cpu(children),
         "outcomes": outcomes,
         "lags": lags,
     }
+
+
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
