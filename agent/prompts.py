@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["SMALL", "system_prompt"]
+__all__ = ["REPOSITORY_HEADING", "SMALL", "system_prompt"]
 
 _SYSTEM = """\
 You are a coding agent working in the repository at {workspace}. You complete the user's \
@@ -26,19 +26,29 @@ summary of the session. Trust it: work it lists as done is done."""
 
 # For a small model (the embedded one): short, one way to do each kind of task, and the
 # repository's files, so its first call names a file that exists. No worked example: a
-# 0.5B model copies the example's file names into its calls.
+# 0.5B model copies the example's file names into its calls. The part before
+# `REPOSITORY_HEADING` is the same for every workspace: the local model shows the tools
+# right after it and keeps that prefix's prefill on disk (`LocalModel`).
 _SMALL = """\
-You are a coding agent in the repository {workspace}. Do the user's task with the tools, \
-one call per reply. Paths are relative to the repository root.
-- Questions about code: read the file (read_file) or search (grep), then call answer with \
-the value, name or number you found.
-- Changes: read the file, then edit_file with old_string copied exactly from the file \
-(without the line numbers), then call answer saying what you changed.
-- Commands and tests (pytest, python, wc, ls): bash.
-Never repeat a call that already gave its result: use the result.
-
-Files in the repository:
+You are a coding agent. Do the user's task with the tools, one call per reply. Paths are \
+relative to the repository root. How to do each kind of task:
+- A value in a file: read_file the file, then answer with the value.
+- Where something is defined or written (a function, a name, a TODO): grep for it \
+(grep "def NAME" for a definition), then answer with the file the result shows.
+- What code does, returns or calls: read_file the file, work it out, then answer.
+- Counting files or lines: bash, e.g. find . -name "*.py" | wc -l, or wc -l FILE; answer \
+with the number it prints.
+- Tests: bash python -m pytest -q; its last line says how many failed and passed.
+- Changes: read_file the file, then edit_file with old_string copied exactly from the \
+file, then answer saying what you changed. A new file: write_file.
+Never repeat a call that already gave its result: use the result."""
+REPOSITORY_HEADING = "# Repository"
+_SMALL_REPOSITORY = (
+    REPOSITORY_HEADING
+    + """
+{workspace}, with these files:
 {files}"""
+)
 _LISTED_FILES = 40
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "venv"})
 
@@ -68,5 +78,6 @@ def system_prompt(workspace: Path, style: str = "full") -> str:
     """The agent's system prompt; ``style`` "small" gives the short one for small models."""
     name = workspace.name or str(workspace)
     if style == SMALL:
-        return _SMALL.format(workspace=name, files=_files(workspace))
+        repository = _SMALL_REPOSITORY.format(workspace=name, files=_files(workspace))
+        return f"{_SMALL}\n\n{repository}"
     return _SYSTEM.format(workspace=name)

@@ -14,6 +14,7 @@ import pytest
 from tidemark.errors import ProviderUnavailableError
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.model import ToolSpec
+from tidemark.prompts import REPOSITORY_HEADING
 from tidemark.providers.local import (
     LocalModel,
     join_model_parts,
@@ -23,10 +24,16 @@ from tidemark.providers.local import (
 from tidemark.providers.local_format import (
     ANSWER,
     RESULT_CHARS,
+    asks_for_change,
+    callable_tools,
     essential,
     first_sentence,
+    fixed_prefix,
+    has_changed,
+    is_question,
     parrots,
     parse_reply,
+    relative_paths,
     reminder,
     render_prompt,
     repeats_a_call,
@@ -110,8 +117,9 @@ def test_prompt_follows_the_qwen_tool_template() -> None:
         "<|im_start|>assistant\nLet me look.\n<tool_call>\n"
         '{"name": "read_file", "arguments": {"path": "config.py"}}\n</tool_call><|im_end|>\n'
     ) in prompt
+    # read_file's line numbers are left out: what the model copies is the file's text.
     assert (
-        "<|im_start|>user\n<tool_response>\n1\tDEBUG = True\n</tool_response><|im_end|>\n"
+        "<|im_start|>user\n<tool_response>\nDEBUG = True\n</tool_response><|im_end|>\n"
     ) in prompt
     assert prompt.endswith(
         "<|im_start|>assistant\nDEBUG is True.<|im_end|>\n<|im_start|>assistant\n"
@@ -391,14 +399,50 @@ def test_after_tool_results_the_reminder_restates_the_task() -> None:
     assert prompt.startswith(plain.removesuffix("<|im_start|>assistant\n"))
 
 
-def test_long_tool_results_are_trimmed_with_a_way_to_read_the_rest() -> None:
-    long = "\n".join(f"{n}\tline {n}" for n in range(1, 2001))
+def test_long_tool_results_keep_their_start_and_end_with_a_way_to_find_the_rest() -> None:
+    long = "\n".join(f"line {n}" for n in range(1, 2001)) + "\n2 failed, 3 passed"
     message = Message(
         role="user", origin="tools", content=[ToolResultBlock(tool_use_id="t1", content=long)]
     )
     prompt = render_prompt("sys", [message])
-    assert long[:RESULT_CHARS] in prompt and long not in prompt
-    assert "more lines not shown: read a part with offset/limit or grep" in prompt
+    assert long not in prompt
+    assert long[: RESULT_CHARS // 2] in prompt
+    assert "2 failed, 3 passed\n</tool_response>" in prompt  # a command's summary line
+    assert "lines not shown: grep for a part" in prompt
+    shown = prompt.split("<tool_response>\n", 1)[1].split("\n</tool_response>", 1)[0]
+    assert len(shown) < RESULT_CHARS + 100
+
+
+def test_only_read_file_results_lose_their_line_numbers() -> None:
+    read = ToolUseBlock(id="t1", name="read_file", input={"path": "a.py"})
+    run = ToolUseBlock(id="t2", name="bash", input={"command": "cat -n a.py"})
+    numbered = "     1\tx = 1\n     2\t    return x"
+    messages = [
+        Message.user_text("What is x?"),
+        Message(role="assistant", origin="model", content=[read, run]),
+        Message(
+            role="user",
+            origin="tools",
+            content=[
+                ToolResultBlock(tool_use_id="t1", content=numbered),
+                ToolResultBlock(tool_use_id="t2", content=numbered),
+            ],
+        ),
+    ]
+    prompt = render_prompt("sys", messages, TOOLS)
+    assert "<tool_response>\nx = 1\n    return x\n</tool_response>" in prompt
+    assert f"<tool_response>\n{numbered}\n</tool_response>" in prompt
+
+
+def test_the_repository_part_of_the_system_prompt_follows_the_tools() -> None:
+    system = f"Rules.\n\n{REPOSITORY_HEADING}\nrepo, with these files:\na.py"
+    prompt = render_prompt(system, [Message.user_text("hi")], TOOLS)
+    assert prompt.index("</tool_call>") < prompt.index(REPOSITORY_HEADING)
+    fixed = fixed_prefix(prompt)
+    assert fixed.startswith("<|im_start|>system\nRules.\n\n# Tools\n") and "a.py" not in fixed
+    other = render_prompt(system.replace("a.py", "b.py"), [Message.user_text("yo")], TOOLS)
+    assert fixed_prefix(other) == fixed  # the same in every workspace
+    assert fixed_prefix(render_prompt("sys", [Message.user_text("hi")])) == ""  # no tools
 
 
 def test_the_answer_action_is_in_the_grammar_and_one_call_per_reply() -> None:
@@ -461,3 +505,105 @@ def test_an_answer_that_only_repeats_the_task_or_the_reminder_is_not_an_answer()
     assert parrots("If the results above answer the task, call answer now with it.", task)
     assert not parrots("parse_header is defined in shop/net/headers.py.", task)
     assert not parrots("The function parse_header is defined in headers.py.", task)
+
+
+def test_an_answer_with_nothing_beyond_the_tasks_words_is_not_an_answer() -> None:
+    task = [Message.user_text("Which function in app.py calls send_email?")]
+    assert parrots("The function call to send_email is in app.py.", task)
+    assert not parrots("reset_password calls send_email.", task)
+    question = [Message.user_text("Read config.py and tell me the value of PORT")]
+    assert not parrots("PORT = 8042", question)
+    # After several looks the answer may be in the question itself ("8042 or 8080?").
+    looks = [
+        Message(
+            role="assistant",
+            origin="model",
+            content=[ToolUseBlock(id=f"t{n}", name="grep", input={"pattern": str(n)})],
+        )
+        for n in range(3)
+    ]
+    either = [Message.user_text("Is PORT 8042 or 8080?")]
+    assert parrots("PORT is 8042", either)
+    assert not parrots("PORT is 8042", [*either, *looks])
+
+
+@pytest.mark.parametrize(
+    ("task", "change", "question"),
+    [
+        ("Read config.py and tell me the value of PORT", False, True),
+        ("What does add(2, 3) return?", False, True),
+        ("How many .py files are there?", False, True),
+        ("Run the tests with pytest and tell me how many tests fail.", False, True),
+        ("The test fails. Fix the bug in calc.py so that the tests pass.", True, False),
+        ("In words.py, rename the variable cnt to count.", True, False),
+        ("geometry.py fails with NameError. Add the missing import.", True, False),
+        ("Create a file hello.txt that contains the text: hello world", True, False),
+        ("Please update the changelog", True, False),
+        ("The build is slow", False, False),
+    ],
+)
+def test_a_task_is_told_apart_as_a_change_or_a_question(
+    task: str, change: bool, question: bool
+) -> None:
+    assert asks_for_change(task) is change
+    assert is_question(task) is question
+
+
+def _turn(call: ToolUseBlock, error: bool = False) -> list[Message]:
+    return [
+        Message(role="assistant", origin="model", content=[call]),
+        Message(
+            role="user",
+            origin="tools",
+            content=[ToolResultBlock(tool_use_id=call.id, content="ok", is_error=error)],
+        ),
+    ]
+
+
+EDIT_FILE = ToolSpec(
+    name="edit_file",
+    description="Replace exact text in a file.",
+    input_schema={
+        "type": "object",
+        "properties": {"path": {"type": "string"}, "old_string": {"type": "string"}},
+        "required": ["path", "old_string"],
+    },
+)
+
+
+def test_a_change_cannot_be_answered_before_a_file_changed() -> None:
+    tools = [*TOOLS, EDIT_FILE]
+    fix = Message.user_text("Fix the bug in a.py")
+    read = ToolUseBlock(id="t1", name="read_file", input={"path": "a.py"})
+    edit = ToolUseBlock(id="t2", name="edit_file", input={"path": "a.py", "old_string": "x"})
+    names = lambda messages: [t.name for t in callable_tools(tools, messages)]  # noqa: E731
+    assert names([fix, *_turn(read)]) == ["read_file", "list_files", "edit_file"]
+    assert names([fix, *_turn(read), *_turn(edit, error=True)])[-1] == "edit_file"
+    assert names([fix, *_turn(read), *_turn(edit)])[-1] == "answer"
+    # A question cannot edit; it can answer once it has looked, and not before it acts.
+    ask = Message.user_text("What is in a.py?")
+    assert names([ask, *_turn(read)]) == ["read_file", "list_files", "answer"]
+    assert "answer" not in [t.name for t in callable_tools(tools, [ask], must_act=True)]
+
+
+def test_a_command_that_writes_files_counts_as_a_change() -> None:
+    task = Message.user_text("In words.py, rename cnt to count")
+    sed = ToolUseBlock(id="t1", name="bash", input={"command": "sed -i 's/cnt/count/g' words.py"})
+    tests = ToolUseBlock(id="t2", name="bash", input={"command": "python -m pytest -q"})
+    assert has_changed([task, *_turn(sed)])
+    assert not has_changed([task, *_turn(tests)])
+    assert not has_changed([task, *_turn(sed, error=True)])
+    # A change made for an earlier request does not count for the next one.
+    assert not has_changed([task, *_turn(sed), Message.user_text("Now rename x to y")])
+
+
+def test_the_grammar_takes_only_relative_paths() -> None:
+    schema = relative_paths(READ_FILE).input_schema or {}
+    pattern = schema["properties"]["path"]["pattern"]
+    import re
+
+    assert re.match(pattern, "shop/net/client.py") and re.match(pattern, ".")
+    assert not re.match(pattern, "/app.py") and not re.match(pattern, "~/a.py")
+    assert "pattern" not in (READ_FILE.input_schema or {})["properties"]["path"]  # a copy
+    assert relative_paths(LIST_FILES) == LIST_FILES  # no path argument: unchanged
+    tool_call_grammar([relative_paths(READ_FILE)], max_calls=1)  # llama.cpp converts it

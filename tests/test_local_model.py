@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -11,8 +12,9 @@ import pytest
 from tidemark.errors import ProviderUnavailableError
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.model import ModelRequest, ToolSpec
+from tidemark.prompts import REPOSITORY_HEADING
 from tidemark.providers.local import LocalModel, locate_model_parts
-from tidemark.providers.local_format import render_prompt, tool_entry
+from tidemark.providers.local_format import fixed_prefix, render_prompt, tool_entry, with_answer
 
 pytest.importorskip("llama_cpp", reason="needs the 'local' extra: pip install '.[local]'")
 try:
@@ -241,3 +243,52 @@ async def test_a_cancelled_generation_leaves_the_model_usable() -> None:
         assert response.usage.output_tokens <= 9
     finally:
         await model.aclose()
+
+
+@pytest.mark.anyio
+@asyncio_only
+async def test_a_second_model_loads_the_fixed_prefix_from_disk_instead_of_reading_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "prefixes"
+    system = f"You are a coding agent.\n\n{REPOSITORY_HEADING}\nrepo, with these files:\nconfig.py"
+    request = ModelRequest(
+        system=system,
+        messages=[Message.user_text("Read the file config.py")],
+        tools=[READ_FILE, LIST_FILES],
+        max_tokens=64,
+    )
+    fixed = fixed_prefix(render_prompt(system, request.messages, with_answer(request.tools)))
+    first = LocalModel(prefix_cache=folder)
+    try:
+        await first.generate(request)
+        assert first.last_stats is not None and first.last_stats.reused_tokens == 0
+    finally:
+        await first.aclose()
+    (saved,) = folder.glob("prefix-*.bin")
+    second = LocalModel(prefix_cache=folder)
+    try:
+        seen: list[tuple[str, int, int]] = []
+        second.on_progress = lambda phase, done, total: seen.append((phase, done, total))
+        response = await second.generate(request)
+        stats = second.last_stats
+        assert stats is not None
+        # Everything up to the end of the tool list came from the file; only the repository
+        # part and the task were read.
+        fixed_tokens = len(second._tokenize(fixed, special=True, add_bos=True))  # pyright: ignore[reportPrivateUsage]
+        assert stats.reused_tokens >= fixed_tokens - 1
+        assert stats.prompt_tokens - stats.reused_tokens < 60
+        assert any(isinstance(b, ToolUseBlock) for b in response.content), response.content
+    finally:
+        await second.aclose()
+    # A file that is not a saved state is dropped, and the prompt is read as usual.
+    saved.write_bytes(b"not a state")
+    third = LocalModel(prefix_cache=folder)
+    try:
+        await third.generate(request)
+        assert third.last_stats is not None and third.last_stats.reused_tokens == 0
+        assert [p.read_bytes()[:11] != b"not a state" for p in folder.glob("prefix-*.bin")] == [
+            True
+        ]
+    finally:
+        await third.aclose()

@@ -7,6 +7,7 @@ chunks are joined once into the user cache dir. Any other GGUF file works via
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import importlib.metadata
@@ -33,9 +34,11 @@ from tidemark.providers.local_format import (
     CALL_OPEN,
     END_OF_TURN,
     ReplyKind,
-    essential,
+    callable_tools,
+    fixed_prefix,
     parrots,
     parse_reply,
+    relative_paths,
     reminder,
     render_prompt,
     repeats_a_call,
@@ -72,6 +75,13 @@ TEMPERATURE: Final = 0.2
 # Prompt tokens read per step when a prompt is long enough to show progress.
 PREFILL_CHUNK: Final = 128
 _ESTIMATE_CACHE_SIZE: Final = 8192
+# The calls that make a change: what a model that must change a file may call once it
+# only repeats its reads.
+_ACTING: Final = frozenset({"edit_file", "write_file", "bash"})
+# Saved prompt prefixes kept on disk (about 12 KB per token for the default model).
+PREFIXES_KEPT: Final = 4
+# Shorter fixed prefixes are not worth a file.
+MIN_SAVED_PREFIX: Final = 64
 _CHUNK: Final = 4 << 20
 
 
@@ -296,6 +306,68 @@ class _Completion:
     stats: GenerationStats
 
 
+class PrefixStore:
+    """Prefills of fixed prompt prefixes, kept on disk for the next run of the same model.
+
+    Every turn's prompt starts with the same system rules and tool list (~700 tokens),
+    which costs several seconds of CPU to read on 2 cores, on every run. The KV cache of
+    that prefix is saved once (llama.cpp's sequence state file, with its tokens) and loaded
+    by later runs in milliseconds. A file is named by the model and the prefix's tokens, so
+    another prompt or model never loads a wrong state; the last `PREFIXES_KEPT` are kept.
+    """
+
+    def __init__(self, folder: Path, model_path: Path) -> None:
+        self.folder = folder
+        stat = model_path.stat()
+        version = getattr(_import_llama_cpp(), "__version__", "")
+        self._model_key = f"{model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{version}"
+
+    def path_for(self, tokens: Sequence[int]) -> Path:
+        digest = hashlib.sha256(self._model_key.encode())
+        digest.update(",".join(map(str, tokens)).encode())
+        return self.folder / f"prefix-{digest.hexdigest()[:32]}.bin"
+
+    def load(self, llm: Any, tokens: Sequence[int]) -> bool:
+        """Restore the KV cache of `tokens` into an empty context; False when not saved."""
+        path = self.path_for(tokens)
+        if not path.is_file():
+            return False
+        native: Any = _import_llama_cpp().llama_cpp
+        found = (native.llama_token * len(tokens))()
+        count = ctypes.c_size_t(0)
+        read = native.llama_state_seq_load_file(
+            llm.ctx, str(path).encode(), 0, found, len(tokens), ctypes.byref(count)
+        )
+        if read == 0 or count.value != len(tokens) or list(found) != list(tokens):
+            # Unreadable or not ours: forget it and prefill as usual.
+            native.llama_memory_seq_rm(native.llama_get_memory(llm.ctx), 0, -1, -1)
+            path.unlink(missing_ok=True)
+            return False
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+        with suppress(OSError):
+            os.utime(path)  # recently used: kept
+        return True
+
+    def save(self, llm: Any, tokens: Sequence[int]) -> None:
+        """Save the context's KV cache, which holds exactly `tokens`, atomically."""
+        native: Any = _import_llama_cpp().llama_cpp
+        path = self.path_for(tokens)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            array = (native.llama_token * len(tokens))(*tokens)
+            if native.llama_state_seq_save_file(llm.ctx, str(temp).encode(), 0, array, len(tokens)):
+                os.replace(temp, path)
+            saved = sorted(self.folder.glob("prefix-*.bin"), key=lambda p: p.stat().st_mtime)
+            for old in saved[:-PREFIXES_KEPT]:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass  # a cache: the next run prefills again
+        finally:
+            temp.unlink(missing_ok=True)
+
+
 class LocalModel:
     """A GGUF model run in-process by llama.cpp; implements `agent.model.Model`.
 
@@ -316,9 +388,12 @@ class LocalModel:
         n_threads: int | None = None,
         seed: int = 0,
         engine: Callable[..., Any] | None = None,
+        prefix_cache: Path | bool = True,
     ) -> None:
         """`engine` builds one llama.cpp context (default: `llama_cpp.Llama`); tests pass a
-        stand-in with the same interface."""
+        stand-in with the same interface. `prefix_cache` is where the fixed prompt prefix's
+        prefill is kept between runs (`PrefixStore`): True for the user cache dir (with
+        the real engine only), False for nowhere."""
         if model_path is not None:
             _check_model_file(Path(model_path).expanduser())
         llama_cpp = _import_llama_cpp()
@@ -358,6 +433,12 @@ class LocalModel:
         self._updates: _Context | None = None
         self._updates_made = anyio.Lock()
         self.path = path
+        if prefix_cache is True and engine is None:
+            import platformdirs
+
+            prefix_cache = Path(platformdirs.user_cache_dir("tidemark")) / "prefixes"
+        self._prefixes = PrefixStore(prefix_cache, path) if isinstance(prefix_cache, Path) else None
+        self._fixed_tokens: dict[str, int] = {}
         self._seed = seed
         self._context_window = context_window
         self._name = f"local/{path.stem}"
@@ -409,14 +490,15 @@ class LocalModel:
     ) -> ModelResponse:
         response = await self._generate(request, on_text)
         calls = [b for b in response.content if isinstance(b, ToolUseBlock)]
-        if request.tool_choice != "any" and any(repeats_a_call(c, request.messages) for c in calls):
-            # The model asks again for a result it has: it answers from it instead. Same
-            # prompt, so the second generation reuses the whole cached prefix.
-            again = await self._generate(request, on_text, answer_only=True)
-            usage = response.usage.model_copy(
-                update={"output_tokens": response.usage.output_tokens + again.usage.output_tokens}
-            )
-            response = again.model_copy(update={"usage": usage})
+        again: ModelResponse | None = None
+        if any(repeats_a_call(c, request.messages) for c in calls):
+            # The model asks again for a result it has: it answers from it instead, or, on a
+            # change not made yet, makes it. Same prompt, so the second generation reuses
+            # the whole cached prefix.
+            allowed = {t.name for t in self._callable(request)}
+            only = {ANSWER.name} if ANSWER.name in allowed else (allowed & _ACTING)
+            if only:
+                again = await self._generate(request, on_text, only=frozenset(only))
         elif (
             request.purpose == "turn"
             and request.tools
@@ -428,18 +510,27 @@ class LocalModel:
         ):
             # An "answer" that only repeats the task: the model is made to act instead.
             again = await self._generate(replace(request, tool_choice="any"), on_text)
+        if again is not None:
             usage = response.usage.model_copy(
                 update={"output_tokens": response.usage.output_tokens + again.usage.output_tokens}
             )
             response = again.model_copy(update={"usage": usage})
         return response
 
+    def _callable(self, request: ModelRequest) -> list[ToolSpec]:
+        return callable_tools(
+            request.tools, request.messages, must_act=request.tool_choice == "any"
+        )
+
     async def _generate(
-        self, request: ModelRequest, on_text: TextSink | None, answer_only: bool = False
+        self,
+        request: ModelRequest,
+        on_text: TextSink | None,
+        only: frozenset[str] | None = None,
     ) -> ModelResponse:
-        # A turn's reply is one call, of a tool or of `answer` (not of `answer` while the
-        # model must act). Every purpose lists the same tools, so memory updates share the
-        # turns' cached prefix.
+        # A turn's reply is one call, of a tool or of `answer`, among the calls the task
+        # allows now (`callable_tools`; `only` narrows them). Every purpose lists the same
+        # tools, so memory updates share the turns' cached prefix.
         constrained = request.purpose == "turn" and bool(request.tools)
         shown = with_answer(request.tools)
         budget = request.max_tokens
@@ -449,13 +540,10 @@ class LocalModel:
             budget = min(budget, COMPACT_OUTPUT_CAP)
         note = reminder(request.messages) if constrained else None
         prompt = render_prompt(request.system, request.messages, shown, note=note)
-        if answer_only:
-            callable_tools = [ANSWER]
-        elif request.tool_choice == "any":
-            callable_tools = [essential(t) for t in request.tools]
-        else:
-            callable_tools = shown
-        grammar = self._grammar(callable_tools) if constrained else None
+        allowed = self._callable(request)
+        if only is not None:
+            allowed = [t for t in allowed if t.name in only]
+        grammar = self._grammar(allowed) if constrained else None
         stop = threading.Event()
 
         def emit(piece: str) -> None:
@@ -539,7 +627,9 @@ class LocalModel:
         key = "\n".join(spec.model_dump_json() for spec in tools)
         grammar = self._grammars.get(key)
         if grammar is None:
-            grammar = self._grammars[key] = tool_call_grammar(tools, max_calls=1)
+            grammar = self._grammars[key] = tool_call_grammar(
+                [relative_paths(t) for t in tools], max_calls=1
+            )
         return grammar
 
     def _complete(
@@ -574,7 +664,16 @@ class LocalModel:
                 )
             reused = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
             started = time.perf_counter()
-            self._prefill(llm, tokens, reused, stop, report)
+            fixed = self._fixed_length(prompt, tokens)
+            save_at = 0
+            if self._prefixes is not None and reused < fixed:
+                llm.n_tokens = 0  # the saved state goes into an empty cache
+                llm.eval([])
+                if self._prefixes.load(llm, tokens[:fixed]):
+                    reused = fixed
+                else:
+                    reused, save_at = 0, fixed
+            self._prefill(llm, tokens, reused, stop, report, save_at)
             first = self._run(llm, tokens, min(budget, room), None, stop, started)
             head = ""
             kind: ReplyKind | None = None if grammar else "text"
@@ -632,25 +731,50 @@ class LocalModel:
         if self.on_progress is not None:
             self.on_progress(phase, done, total)
 
+    def _fixed_length(self, prompt: str, tokens: list[int]) -> int:
+        """How many leading tokens are the fixed prefix worth keeping on disk (0: none)."""
+        if self._prefixes is None:
+            return 0
+        fixed = fixed_prefix(prompt)
+        count = self._fixed_tokens.get(fixed)
+        if count is None:
+            prefix = self._tokenize(fixed, special=True, add_bos=True) if fixed else []
+            count = self._fixed_tokens[fixed] = _common_prefix(prefix, tokens)
+        count = min(count, len(tokens) - 1)
+        return count if count >= MIN_SAVED_PREFIX else 0
+
     def _prefill(
-        self, llm: Any, tokens: list[int], reused: int, stop: threading.Event, report: bool
+        self,
+        llm: Any,
+        tokens: list[int],
+        reused: int,
+        stop: threading.Event,
+        report: bool,
+        save_at: int = 0,
     ) -> None:
         """Read the prompt's new tokens in chunks, reporting progress after each.
 
         llama.cpp would read them in one call, silent for many seconds on a CPU (about 100
         tokens/s on 2 cores). The last token is left for `create_completion`, which then
-        finds everything before it in the KV cache.
+        finds everything before it in the KV cache. With `save_at`, the cache of the first
+        `save_at` tokens is saved to the prefix store on the way.
         """
         end = len(tokens) - 1
         start = min(reused, end)
-        if not report or end - start <= PREFILL_CHUNK:
+        if not save_at and (not report or end - start <= PREFILL_CHUNK):
             return
+        stops = sorted({*range(start + PREFILL_CHUNK, end, PREFILL_CHUNK), save_at, end})
         llm.n_tokens = start  # `eval` drops the cache after this position
-        for position in range(start, end, PREFILL_CHUNK):
+        position = start
+        for chunk_end in stops:
+            if chunk_end <= position:
+                continue
             if stop.is_set():
                 return
-            chunk_end = min(end, position + PREFILL_CHUNK)
             llm.eval(tokens[position:chunk_end])
+            position = chunk_end
+            if chunk_end == save_at and self._prefixes is not None:
+                self._prefixes.save(llm, tokens[:save_at])
             if report:
                 self._report("reading", chunk_end - start, end - start)
 

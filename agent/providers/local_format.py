@@ -30,6 +30,7 @@ from tidemark.messages import (
     ToolUseBlock,
 )
 from tidemark.model import ToolSpec
+from tidemark.prompts import REPOSITORY_HEADING
 
 __all__ = [
     "ANSWER",
@@ -37,15 +38,22 @@ __all__ = [
     "MAX_TOOL_CALLS",
     "ParsedReply",
     "ReplyKind",
+    "asks_for_change",
+    "callable_tools",
     "essential",
     "first_sentence",
+    "fixed_prefix",
+    "has_changed",
+    "is_question",
     "parrots",
     "parse_reply",
+    "relative_paths",
     "reminder",
     "render_prompt",
     "render_tool_call",
     "repeats_a_call",
     "reply_kind",
+    "task_of",
     "tool_call_grammar",
     "tool_entry",
     "with_answer",
@@ -83,12 +91,39 @@ ANSWER = ToolSpec(
     },
 )
 REMINDER = (
-    "Task: {task}\nIf the results above answer the task, or the change is made, call answer "
-    "now with the result. Otherwise make the next tool call."
+    "Task: {task}\nIf the results above answer the task, call answer now with the value, "
+    "name or number. Otherwise make the next tool call."
 )
-NOTHING_CHANGED = "\n(No file has been changed yet.)"
+REMINDER_TO_CHANGE = (
+    "Task: {task}\nNo file has been changed yet. Make the change now: edit_file with "
+    "old_string copied exactly from the file, or write_file."
+)
+REMINDER_CHANGED = (
+    "Task: {task}\nA file was changed. If the task is done, call answer saying what you "
+    "changed. Otherwise make the next change."
+)
 # The tools that change files; a task that asks for a change is not done before one worked.
 _CHANGING = frozenset({"edit_file", "write_file"})
+# A bash command that writes files (redirection, in-place edits, moves): a change too.
+_WRITING_COMMAND = re.compile(r">|\bsed\s+-i|\bperl\s+-p?i|\b(?:mv|cp|tee|touch|mkdir|rm|patch)\b")
+# A task asks for a change when a sentence or clause starts with one of these verbs
+# ("Fix the bug", "In words.py, rename ..."), not when one is only mentioned ("what does
+# add(2, 3) return?").
+_CHANGE_VERB = re.compile(
+    r"(?:^|[.!?;:,]\s+|\b(?:and|then|please|you|to)\s+)"
+    r"(?:fix|change|rename|add|create|write|edit|update|remove|delete|replace|implement"
+    r"|refactor|insert|append|correct|modify|make)\b",
+    re.IGNORECASE,
+)
+# A question: it asks, and nothing in it asks for a change.
+_QUESTION = re.compile(
+    r"\?|\b(?:tell me|what|which|where|who|how many|how much|find|show|list|count|read"
+    r"|report)\b",
+    re.IGNORECASE,
+)
+# A read-only call's result as the small model sees it: read_file's line numbers are left
+# out, so the text it copies into edit_file's old_string is the file's.
+_LINE_NUMBER = re.compile(r"^ *\d+\t", re.MULTILINE)
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")
 # Schema keys the prompt leaves out: the grammar still enforces what matters, and every
@@ -160,6 +195,23 @@ def essential(spec: ToolSpec) -> ToolSpec:
     return spec.model_copy(update={"input_schema": slim})
 
 
+# A relative path: no leading "/" or "~" (small models write "/app.py" for "app.py"),
+# nothing that would end the JSON string.
+_RELATIVE_PATH = r'^[^/~ "\\][^"\\]*$'
+
+
+def relative_paths(spec: ToolSpec) -> ToolSpec:
+    """The tool with its `path` argument constrained to a relative path (for the grammar)."""
+    schema = spec.input_schema or {}
+    properties = cast(dict[str, Any], schema.get("properties") or {})
+    path = properties.get("path")
+    if not isinstance(path, dict) or cast(dict[str, Any], path).get("type") != "string":
+        return spec
+    constrained = {**cast(dict[str, Any], path), "pattern": _RELATIVE_PATH}
+    slim = {**schema, "properties": {**properties, "path": constrained}}
+    return spec.model_copy(update={"input_schema": slim})
+
+
 def tool_entry(spec: ToolSpec) -> dict[str, Any]:
     """One tool as the Qwen2.5 template lists it inside ``<tools>``."""
     parameters = _slim_schema(spec.input_schema or {"type": "object", "properties": {}})
@@ -191,32 +243,46 @@ def render_tool_call(name: str, arguments: dict[str, Any]) -> str:
 
 def _render_system(system: str, tools: Sequence[ToolSpec]) -> str:
     text = _sanitize(system) if system else DEFAULT_SYSTEM
+    # The workspace's part of the system prompt goes after the tools, so the prompt starts
+    # with the same tokens in every workspace (a prefix whose prefill can be kept).
+    text, heading, repository = text.partition("\n\n" + REPOSITORY_HEADING)
     if tools:
         text += TOOLS_PREAMBLE
         text += "".join("\n" + _dumps(tool_entry(spec)) for spec in tools)
         text += TOOLS_POSTAMBLE
-    return f"{START}system\n{text}{END_OF_TURN}\n"
+    return f"{START}system\n{text}{heading}{repository}{END_OF_TURN}\n"
+
+
+def fixed_prefix(prompt: str) -> str:
+    """The start of `prompt` that is the same in every workspace: system rules and tools."""
+    end = prompt.find(TOOLS_POSTAMBLE)
+    return prompt[: end + len(TOOLS_POSTAMBLE)] if end >= 0 else ""
 
 
 def _trim(text: str) -> str:
+    """At most `RESULT_CHARS`: the start and the end (where a command's summary is)."""
     if len(text) <= RESULT_CHARS:
         return text
-    rest = text[RESULT_CHARS:]
-    return (
-        text[:RESULT_CHARS]
-        + f"\n[... {rest.count(chr(10)) + 1} more lines not shown: read a part with offset/limit"
-        " or grep]"
-    )
+    head, tail = text[: RESULT_CHARS * 2 // 3], text[-(RESULT_CHARS // 3) :]
+    hidden = text[len(head) : len(text) - len(tail)]
+    return f"{head}\n[... {hidden.count(chr(10)) + 1} lines not shown: grep for a part ...]\n{tail}"
 
 
-def _render_user(message: Message) -> str:
+def _shown_result(block: ToolResultBlock, tool: str) -> str:
+    text = block.content
+    if tool == "read_file" and not block.is_error:
+        text = _LINE_NUMBER.sub("", text)
+    return _sanitize(_trim(text))
+
+
+def _render_user(message: Message, tools_of: dict[str, str]) -> str:
     parts: list[str] = []
     results = [b for b in message.content if isinstance(b, ToolResultBlock)]
     if results:
         body = "".join(
             "\n<tool_response>\n"
             + ("Error: " if block.is_error else "")
-            + _sanitize(_trim(block.content))
+            + _shown_result(block, tools_of.get(block.tool_use_id, ""))
             + "\n</tool_response>"
             for block in results
         )
@@ -249,13 +315,19 @@ def render_prompt(
     """The whole prompt, ending with the assistant's generation prompt.
 
     Byte-identical to Qwen2.5's embedded chat template for the same conversation (tool
-    results trimmed), so the model sees what it was trained on, and append-only for a
+    results trimmed; a system prompt's repository part, from `REPOSITORY_HEADING` on, put
+    after the tools), so the model sees what it was trained on, and append-only for a
     growing transcript, so llama.cpp reuses the KV cache of the shared prefix. `note` is a
     last user turn for this request only (the reminder); it costs the re-reading of itself.
     """
     out = [_render_system(system, tools)]
+    tools_of: dict[str, str] = {}  # tool_use_id -> tool name
     for message in messages:
-        out.append(_render_user(message) if message.role == "user" else _render_assistant(message))
+        if message.role == "user":
+            out.append(_render_user(message, tools_of))
+        else:
+            tools_of.update((use.id, use.name) for use in message.tool_uses)
+            out.append(_render_assistant(message))
     if note:
         out.append(f"{START}user\n{_sanitize(note)}{END_OF_TURN}\n")
     out.append(f"{START}assistant\n")
@@ -288,33 +360,112 @@ def repeats_a_call(call: ToolUseBlock, messages: Sequence[Message]) -> bool:
     return False
 
 
+_WORD = re.compile(r"[\w][\w./-]*")
+_FILLER = frozenset(
+    {
+        *("a", "an", "the", "is", "are", "was", "be", "it", "its", "this", "that", "of"),
+        *("in", "on", "at", "to", "for", "from", "by", "with", "and", "or", "as"),
+        *("file", "files", "function", "value", "here", "there"),
+    }
+)
+
+
+def _says_something_new(answer: str, task: str) -> bool:
+    """Whether the answer has a word the task has not (a value, a name, a number)."""
+    asked = {w.rstrip(".") for w in _WORD.findall(task.lower())}
+
+    def known(word: str) -> bool:
+        # "call" is known from "calls": small models restate the task in other forms.
+        return word in asked or any(
+            len(word) >= 4 and len(a) >= 4 and (a.startswith(word) or word.startswith(a))
+            for a in asked
+        )
+
+    words = {w.rstrip(".") for w in _WORD.findall(answer.lower())}
+    return any(w and w not in _FILLER and not known(w) for w in words)
+
+
+# After this many tool calls an answer made of the task's words is let through: the
+# answer may be in the question ("is it 8042 or 8080?").
+_PARROT_CALLS = 3
+
+
 def parrots(answer: str, messages: Sequence[Message]) -> bool:
     """Whether an answer only repeats the task or the reminder (a small model's fallback)."""
     said = " ".join(answer.lower().split())
     if "call answer now" in said or "make the next tool call" in said:
         return True
-    task = next((m.text for m in reversed(messages) if m.is_users_own), "")
-    task = " ".join(task.lower().split())
-    return len(task) >= 12 and task in said and len(said) < len(task) + 12
+    task = " ".join(task_of(messages).lower().split())
+    if len(task) >= 12 and task in said and len(said) < len(task) + 12:
+        return True
+    calls = sum(len(m.tool_uses) for m in messages)
+    return bool(task) and calls < _PARROT_CALLS and not _says_something_new(said, task)
+
+
+def task_of(messages: Sequence[Message]) -> str:
+    """The user's latest request (not a runtime note)."""
+    return next((m.text for m in reversed(messages) if m.is_users_own and m.text.strip()), "")
+
+
+def asks_for_change(task: str) -> bool:
+    """Whether a task asks for files to change (fix, rename, add, create, ...)."""
+    return _CHANGE_VERB.search(task.strip()) is not None
+
+
+def is_question(task: str) -> bool:
+    """Whether a task only asks for information: a small model then has no use for edits."""
+    return not asks_for_change(task) and _QUESTION.search(task) is not None
+
+
+def has_changed(messages: Sequence[Message]) -> bool:
+    """Whether a call that changes files worked since the user's latest request."""
+    ok = {r.tool_use_id for m in messages for r in m.tool_results if not r.is_error}
+    for message in reversed(messages):
+        if message.is_users_own and message.text.strip():
+            return False
+        for use in message.tool_uses:
+            if use.id not in ok:
+                continue
+            command = str(use.input.get("command", "")) if use.name == "bash" else ""
+            if use.name in _CHANGING or _WRITING_COMMAND.search(command):
+                return True
+    return False
+
+
+def callable_tools(
+    tools: Sequence[ToolSpec], messages: Sequence[Message], *, must_act: bool = False
+) -> list[ToolSpec]:
+    """What a small model may call this turn (the grammar's choice; the prompt lists all).
+
+    A question cannot change files (a 0.5B model "answers" a question with an edit); a
+    change cannot be answered before a file changed (it "answers" with the task); and a
+    model that has not acted yet must act (`must_act`).
+    """
+    shown = with_answer(tools)
+    task = task_of(messages)
+    if is_question(task):
+        shown = [t for t in shown if t.name not in _CHANGING]
+    if must_act or (asks_for_change(task) and not has_changed(messages)):
+        shown = [t for t in shown if t.name != ANSWER.name]
+    return shown
 
 
 def reminder(messages: Sequence[Message]) -> str | None:
     """After tool results: the task again, and when to answer (None elsewhere)."""
     if not messages or not messages[-1].tool_results:
         return None
-    task = next((m.text for m in reversed(messages) if m.is_users_own and m.text.strip()), "")
+    task = task_of(messages)
     if not task:
         return None
     if len(task) > 600:
         task = task[:600] + " [...]"
-    note = REMINDER.format(task=task.strip())
-    changed = {
-        result.tool_use_id
-        for message in messages
-        for result in message.tool_results
-        if not result.is_error
-    } & {use.id for message in messages for use in message.tool_uses if use.name in _CHANGING}
-    return note if changed else note + NOTHING_CHANGED
+    if not asks_for_change(task):
+        template = REMINDER
+    elif has_changed(messages):
+        template = REMINDER_CHANGED
+    else:
+        template = REMINDER_TO_CHANGE
+    return template.format(task=task.strip())
 
 
 def tool_call_grammar(tools: Sequence[ToolSpec], max_calls: int = MAX_TOOL_CALLS) -> str:
