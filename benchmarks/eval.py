@@ -197,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tasks = [task_named(n) for n in QUICK] if args.quick else list(TASKS)
     label = args.label or (Path(args.model).name if args.model else "default local model")
-    load = os.getloadavg()
-    label += f" (load average at start {load[0]:.1f}, {os.cpu_count()} cores)"
+    started = os.getloadavg()[0]
     rows: list[EvalRow] = []
     with tempfile.TemporaryDirectory(prefix="tidemark-eval-") as temp:
         root = args.keep or Path(temp)
@@ -211,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    # Wall times depend on what else the machine runs: the label says how busy it was.
+    ended = os.getloadavg()[0]
+    label += f" (load average {started:.1f} at start, {ended:.1f} at end; {os.cpu_count()} cores)"
     result = table(rows, label)
     print(result)
     if args.out:

@@ -30,8 +30,10 @@ def _write(root: Path, files: dict[str, str]) -> None:
 def _numbers(text: str) -> list[str]:
     """Numbers in an answer, with the words small models sometimes use instead."""
     words = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5"}
+    # Whole numbers only: "1.63s" is 1.63 (a duration), never 1.
     found = re.findall(
-        r"(?<![\w.])-?\d+(?:\.\d+)?(?!\w)|\b(?:zero|one|two|three|four|five)\b", text.lower()
+        r"(?<![\w.])-?(?>\d+(?:\.\d+)?)(?![\d.]\d)|\b(?:zero|one|two|three|four|five)\b",
+        text.lower(),
     )
     return [words.get(n) or n for n in found]
 

@@ -379,6 +379,25 @@ def test_a_small_model_sees_only_required_arguments_and_answer_last() -> None:
     assert with_answer([]) == []
 
 
+def test_optional_flags_stay_visible_to_a_small_model() -> None:
+    edit = ToolSpec(
+        name="edit_file",
+        description="Replace exact text in a file.",
+        input_schema={
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "count": {"type": "integer"},
+                "replace_all": {"type": "boolean"},
+            },
+            "required": ["path"],
+        },
+    )
+    schema = essential(edit).input_schema or {}
+    assert list(schema["properties"]) == ["path", "replace_all"]  # a rename needs the flag
+    assert schema["required"] == ["path"]
+
+
 def test_the_prompt_hides_schema_limits_that_the_grammar_still_enforces() -> None:
     entry = json.dumps(tool_entry(ANSWER))
     assert "minLength" not in entry and "maxLength" not in entry
@@ -607,3 +626,32 @@ def test_the_grammar_takes_only_relative_paths() -> None:
     assert "pattern" not in (READ_FILE.input_schema or {})["properties"]["path"]  # a copy
     assert relative_paths(LIST_FILES) == LIST_FILES  # no path argument: unchanged
     tool_call_grammar([relative_paths(READ_FILE)], max_calls=1)  # llama.cpp converts it
+
+
+BASH = ToolSpec(
+    name="bash",
+    description="Run a shell command.",
+    input_schema={
+        "type": "object",
+        "properties": {"command": {"type": "string"}},
+        "required": ["command"],
+    },
+)
+
+
+def test_with_bash_a_small_model_lists_and_counts_files_with_it_not_list_files() -> None:
+    assert [t.name for t in with_answer([*TOOLS, BASH])] == ["read_file", "bash", "answer"]
+
+
+def test_a_file_is_not_edited_before_something_was_read() -> None:
+    tools = [*TOOLS, EDIT_FILE, BASH]
+    fix = Message.user_text("Fix the bug in a.py")
+    names = [t.name for t in callable_tools(tools, [fix, *_turn(BASH_CALL)])]
+    assert "edit_file" not in names and "answer" not in names
+    read = ToolUseBlock(id="t1", name="read_file", input={"path": "a.py"})
+    assert "edit_file" in [t.name for t in callable_tools(tools, [fix, *_turn(read)])]
+    failed = [fix, *_turn(read, error=True)]
+    assert "edit_file" not in [t.name for t in callable_tools(tools, failed)]
+
+
+BASH_CALL = ToolUseBlock(id="t9", name="bash", input={"command": "python -m pytest -q"})

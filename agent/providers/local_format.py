@@ -44,6 +44,7 @@ __all__ = [
     "first_sentence",
     "fixed_prefix",
     "has_changed",
+    "has_read",
     "is_question",
     "parrots",
     "parse_reply",
@@ -104,6 +105,7 @@ REMINDER_CHANGED = (
 )
 # The tools that change files; a task that asks for a change is not done before one worked.
 _CHANGING = frozenset({"edit_file", "write_file"})
+_READING = frozenset({"read_file", "grep"})
 # A bash command that writes files (redirection, in-place edits, moves): a change too.
 _WRITING_COMMAND = re.compile(r">|\bsed\s+-i|\bperl\s+-p?i|\b(?:mv|cp|tee|touch|mkdir|rm|patch)\b")
 # A task asks for a change when a sentence or clause starts with one of these verbs
@@ -176,20 +178,29 @@ def _slim_schema(schema: Any) -> Any:
 
 
 def essential(spec: ToolSpec) -> ToolSpec:
-    """The tool with only its required arguments (or its first, when none is required).
+    """The tool with only its required arguments (or its first, when none is required),
+    and its optional flags.
 
     A small model fills every optional argument it sees, often badly (a read limited to
-    the wrong lines, a short timeout); the tools' defaults do better.
+    the wrong lines, a short timeout); the tools' defaults do better. A flag is kept: it
+    cannot be filled badly, and some tasks need one (edit_file's replace_all, to rename).
     """
     schema = spec.input_schema or {}
     properties = cast(dict[str, Any], schema.get("properties") or {})
     required = [n for n in cast(list[str], schema.get("required") or []) if n in properties]
     keep = required or list(properties)[:1]
-    if not properties or len(keep) == len(properties):
+    flags = [
+        name
+        for name, sub in properties.items()
+        if name not in keep
+        and isinstance(sub, dict)
+        and cast(dict[str, Any], sub).get("type") == "boolean"
+    ]
+    if not properties or len(keep) + len(flags) == len(properties):
         return spec
     slim = {
         **schema,
-        "properties": {name: properties[name] for name in keep},
+        "properties": {name: properties[name] for name in [*keep, *flags]},
         "required": keep,
     }
     return spec.model_copy(update={"input_schema": slim})
@@ -335,12 +346,19 @@ def render_prompt(
 
 
 def with_answer(tools: Sequence[ToolSpec]) -> list[ToolSpec]:
-    """The tools as the local model sees them: essential arguments, the `answer` action last."""
+    """The tools as the local model sees them: essential arguments, the `answer` action last.
+
+    list_files is left out when bash is there: the system prompt lists the repository's
+    files, and a small model counting a listing miscounts (`find | wc -l` does not).
+    """
     if not tools:
         return []
-    return [*(essential(t) for t in tools if t.name != ANSWER.name), ANSWER]
+    names = {t.name for t in tools}
+    left_out = {ANSWER.name, *(_REPLACED_BY_BASH if "bash" in names else ())}
+    return [*(essential(t) for t in tools if t.name not in left_out), ANSWER]
 
 
+_REPLACED_BY_BASH = frozenset({"list_files"})
 # Calls that change nothing: repeating one with nothing else done since gives the same result.
 _LOOKING = frozenset({"read_file", "list_files", "grep"})
 
@@ -432,19 +450,33 @@ def has_changed(messages: Sequence[Message]) -> bool:
     return False
 
 
+def has_read(messages: Sequence[Message]) -> bool:
+    """Whether a read_file or grep worked since the user's latest request."""
+    ok = {r.tool_use_id for m in messages for r in m.tool_results if not r.is_error}
+    for message in reversed(messages):
+        if message.is_users_own and message.text.strip():
+            return False
+        if any(u.id in ok and u.name in _READING for u in message.tool_uses):
+            return True
+    return False
+
+
 def callable_tools(
     tools: Sequence[ToolSpec], messages: Sequence[Message], *, must_act: bool = False
 ) -> list[ToolSpec]:
     """What a small model may call this turn (the grammar's choice; the prompt lists all).
 
     A question cannot change files (a 0.5B model "answers" a question with an edit); a
-    change cannot be answered before a file changed (it "answers" with the task); and a
-    model that has not acted yet must act (`must_act`).
+    change cannot be answered before a file changed (it "answers" with the task), nor a
+    file edited before one was read (it edits the text it imagines); and a model that has
+    not acted yet must act (`must_act`).
     """
     shown = with_answer(tools)
     task = task_of(messages)
     if is_question(task):
         shown = [t for t in shown if t.name not in _CHANGING]
+    elif not has_read(messages):
+        shown = [t for t in shown if t.name != "edit_file"]
     if must_act or (asks_for_change(task) and not has_changed(messages)):
         shown = [t for t in shown if t.name != ANSWER.name]
     return shown
