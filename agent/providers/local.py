@@ -96,7 +96,7 @@ def local_defaults() -> dict[str, int]:
     return {
         "context_window": 8192,
         "compact_at": 6000,
-        "max_output_tokens": 512,
+        "max_output_tokens": 1024,
         "max_turns": 20,
         "memory_init_tokens": 2500,
         "memory_update_tokens": 1500,

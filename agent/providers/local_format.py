@@ -96,9 +96,16 @@ REMINDER = (
     "name or number. Otherwise make the next tool call."
 )
 REMINDER_TO_CHANGE = (
-    "Task: {task}\nNo file has been changed yet. Make the change now: edit_file with "
-    "old_string copied exactly from the file, or write_file."
+    "Task: {task}\nNo file has been changed yet. Make the change now: write_file with the "
+    "whole file as it must become (edit_file for a long file)."
 )
+REMINDER_TO_COUNT = (
+    "Task: {task}\nCount with bash (find . -name '*.py' | wc -l, wc -l FILE, python -m "
+    "pytest -q), then answer with the number it prints."
+)
+# A file this short (in lines) is changed by writing it whole.
+WHOLE_FILE_LINES = 60
+_HOW_MANY = re.compile(r"\bhow many\b", re.IGNORECASE)
 REMINDER_CHANGED = (
     "Task: {task}\nA file was changed. If the task is done, call answer saying what you "
     "changed. Otherwise make the next change."
@@ -450,15 +457,34 @@ def has_changed(messages: Sequence[Message]) -> bool:
     return False
 
 
-def has_read(messages: Sequence[Message]) -> bool:
-    """Whether a read_file or grep worked since the user's latest request."""
-    ok = {r.tool_use_id for m in messages for r in m.tool_results if not r.is_error}
+def _since_request(messages: Sequence[Message]) -> list[tuple[ToolUseBlock, ToolResultBlock]]:
+    """The calls since the user's latest request that worked, with their results, newest first."""
+    results = {r.tool_use_id: r for m in messages for r in m.tool_results if not r.is_error}
+    found: list[tuple[ToolUseBlock, ToolResultBlock]] = []
     for message in reversed(messages):
         if message.is_users_own and message.text.strip():
-            return False
-        if any(u.id in ok and u.name in _READING for u in message.tool_uses):
-            return True
-    return False
+            break
+        found += [(u, results[u.id]) for u in reversed(message.tool_uses) if u.id in results]
+    return found
+
+
+def has_read(messages: Sequence[Message]) -> bool:
+    """Whether a read_file or grep worked since the user's latest request."""
+    return any(use.name in _READING for use, _ in _since_request(messages))
+
+
+def _last_read_is_small(messages: Sequence[Message]) -> bool:
+    """Whether the file read last is short enough for a small model to write out whole."""
+    reads = [r for use, r in _since_request(messages) if use.name == "read_file"]
+    return bool(reads) and reads[0].content.count("\n") < WHOLE_FILE_LINES
+
+
+def _counts(task: str) -> bool:
+    return _HOW_MANY.search(task) is not None
+
+
+def _has_run(messages: Sequence[Message]) -> bool:
+    return any(use.name == "bash" for use, _ in _since_request(messages))
 
 
 def callable_tools(
@@ -470,14 +496,23 @@ def callable_tools(
     change cannot be answered before a file changed (it "answers" with the task), nor a
     file edited before one was read (it edits the text it imagines); and a model that has
     not acted yet must act (`must_act`).
+    A short file is changed by writing it whole (a 0.5B model cannot pick an exact
+    old_string, and rewrites short code well); a long one by edit_file. A count is
+    answered from a command's output, not from the model's counting.
     """
     shown = with_answer(tools)
+    names = {t.name for t in shown}
     task = task_of(messages)
     if is_question(task):
         shown = [t for t in shown if t.name not in _CHANGING]
-    elif not has_read(messages):
+    elif not has_read(messages) or (_last_read_is_small(messages) and "write_file" in names):
         shown = [t for t in shown if t.name != "edit_file"]
-    if must_act or (asks_for_change(task) and not has_changed(messages)):
+    unanswerable = (
+        must_act
+        or (asks_for_change(task) and not has_changed(messages))
+        or (_counts(task) and "bash" in names and not _has_run(messages))
+    )
+    if unanswerable:
         shown = [t for t in shown if t.name != ANSWER.name]
     return shown
 
@@ -491,7 +526,9 @@ def reminder(messages: Sequence[Message]) -> str | None:
         return None
     if len(task) > 600:
         task = task[:600] + " [...]"
-    if not asks_for_change(task):
+    if _counts(task) and not _has_run(messages):
+        template = REMINDER_TO_COUNT
+    elif not asks_for_change(task):
         template = REMINDER
     elif has_changed(messages):
         template = REMINDER_CHANGED
