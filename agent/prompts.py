@@ -39,9 +39,8 @@ relative to the repository root. How to do each kind of task:
 - Counting or listing files or lines: bash, e.g. find . -name "*.py" | wc -l, or wc -l \
 FILE; answer with the number it prints.
 - Tests: bash python -m pytest -q; its last line says how many failed and passed.
-- Changes: read_file the file, then write_file the whole file as it must become (for a \
-long file: edit_file with old_string copied exactly from it), then answer saying what you \
-changed. A new file: write_file.
+- Changes: read_file the file, then edit_file with old_string copied exactly from the \
+file, then answer saying what you changed. A new file: write_file.
 Never repeat a call that already gave its result: use the result."""
 REPOSITORY_HEADING = "# Repository"
 _SMALL_REPOSITORY = (

@@ -96,15 +96,12 @@ REMINDER = (
     "name or number. Otherwise make the next tool call."
 )
 REMINDER_TO_CHANGE = (
-    "Task: {task}\nNo file has been changed yet. Make the change now: write_file with the "
-    "whole file as it must become (edit_file for a long file)."
+    "Task: {task}\nNo file has been changed yet. Make the change now: edit_file with "
+    "old_string copied exactly from the file, or write_file."
 )
-REMINDER_TO_COUNT = (
-    "Task: {task}\nCount with bash (find . -name '*.py' | wc -l, wc -l FILE, python -m "
-    "pytest -q), then answer with the number it prints."
-)
-# A file this short (in lines) is changed by writing it whole.
-WHOLE_FILE_LINES = 60
+# No example command here: a small model runs an example verbatim.
+REMINDER_TO_COUNT = "Task: {task}\nCount with one bash command, then answer with the number."
+_FAILED_COMMAND = re.compile(r"\[exit code: -?[1-9]\d*\]\s*(?:\[[^\n]*\]\s*)*$")
 _HOW_MANY = re.compile(r"\bhow many\b", re.IGNORECASE)
 REMINDER_CHANGED = (
     "Task: {task}\nA file was changed. If the task is done, call answer saying what you "
@@ -410,6 +407,15 @@ def _says_something_new(answer: str, task: str) -> bool:
     return any(w and w not in _FILLER and not known(w) for w in words)
 
 
+# Words of the reminders that a small model copies into its "answer".
+_REMINDER_PHRASES = (
+    "call answer now",
+    "make the next tool call",
+    "call answer saying",
+    "make the next change",
+    "no file has been changed yet",
+    "answer with the number",
+)
 # After this many tool calls an answer made of the task's words is let through: the
 # answer may be in the question ("is it 8042 or 8080?").
 _PARROT_CALLS = 3
@@ -418,7 +424,7 @@ _PARROT_CALLS = 3
 def parrots(answer: str, messages: Sequence[Message]) -> bool:
     """Whether an answer only repeats the task or the reminder (a small model's fallback)."""
     said = " ".join(answer.lower().split())
-    if "call answer now" in said or "make the next tool call" in said:
+    if any(phrase in said for phrase in _REMINDER_PHRASES):
         return True
     task = " ".join(task_of(messages).lower().split())
     if len(task) >= 12 and task in said and len(said) < len(task) + 12:
@@ -473,18 +479,16 @@ def has_read(messages: Sequence[Message]) -> bool:
     return any(use.name in _READING for use, _ in _since_request(messages))
 
 
-def _last_read_is_small(messages: Sequence[Message]) -> bool:
-    """Whether the file read last is short enough for a small model to write out whole."""
-    reads = [r for use, r in _since_request(messages) if use.name == "read_file"]
-    return bool(reads) and reads[0].content.count("\n") < WHOLE_FILE_LINES
-
-
 def _counts(task: str) -> bool:
     return _HOW_MANY.search(task) is not None
 
 
 def _has_run(messages: Sequence[Message]) -> bool:
-    return any(use.name == "bash" for use, _ in _since_request(messages))
+    """Whether a bash command ran and succeeded since the user's latest request."""
+    return any(
+        use.name == "bash" and not _FAILED_COMMAND.search(result.content)
+        for use, result in _since_request(messages)
+    )
 
 
 def callable_tools(
@@ -496,16 +500,15 @@ def callable_tools(
     change cannot be answered before a file changed (it "answers" with the task), nor a
     file edited before one was read (it edits the text it imagines); and a model that has
     not acted yet must act (`must_act`).
-    A short file is changed by writing it whole (a 0.5B model cannot pick an exact
-    old_string, and rewrites short code well); a long one by edit_file. A count is
-    answered from a command's output, not from the model's counting.
+    A how-many question is answered from a command's output, not from the model's
+    counting.
     """
     shown = with_answer(tools)
     names = {t.name for t in shown}
     task = task_of(messages)
     if is_question(task):
         shown = [t for t in shown if t.name not in _CHANGING]
-    elif not has_read(messages) or (_last_read_is_small(messages) and "write_file" in names):
+    elif not has_read(messages):
         shown = [t for t in shown if t.name != "edit_file"]
     unanswerable = (
         must_act
