@@ -171,8 +171,8 @@ def test_the_small_prompt_lists_the_repository_files_without_hidden_ones(tmp_pat
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "__pycache__" / "x.pyc").write_text("")
     prompt = system_prompt(tmp_path, "small")
-    assert prompt.endswith("Files in the repository:\nconfig.py\npkg/mod.py")
+    assert prompt.endswith(f"{tmp_path.name}, with these files:\nconfig.py\npkg/mod.py")
     for n in range(60):
         (tmp_path / f"f{n:02d}.txt").write_text("")
     assert "(and 22 more)" in system_prompt(tmp_path, "small")
-    assert "Files in the repository" not in system_prompt(tmp_path)
+    assert "with these files" not in system_prompt(tmp_path)

@@ -202,7 +202,8 @@ def test_the_prompt_matches_the_chat_template_embedded_in_the_gguf() -> None:
                     {"function": {"name": "read_file", "arguments": {"path": "config.py"}}}
                 ],
             },
-            {"role": "tool", "content": "1\tPORT = 1"},
+            # read_file results are shown without their line numbers
+            {"role": "tool", "content": "PORT = 1"},
             {"role": "assistant", "content": "PORT is 1."},
             {"role": "user", "content": "Thanks."},
         ],
