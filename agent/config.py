@@ -124,10 +124,10 @@ class Settings(BaseModel):
         """How far the kept tail extends back over messages the memory already covers.
 
         The memory holds them, so keeping them verbatim too buys little and costs every
-        later turn (and the cache rewrite at compaction): a quarter of --compact-at, and
-        never under the tail's minimum. Messages the memory does not cover are always kept.
+        later turn (and the cache rewrite at compaction): only to the tail's minimum.
+        Messages the memory does not cover are always kept.
         """
-        return max(self.tail_min_tokens, self.compaction_threshold // 4)
+        return self.tail_min_tokens
 
     @property
     def memory_limit_tokens(self) -> int:

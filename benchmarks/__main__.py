@@ -53,6 +53,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--strategies", help="comma-separated subset of: " + ", ".join(LABELS))
     p.add_argument("--reads", type=int, help="file-reading turns in the session")
+    p.add_argument(
+        "--session",
+        choices=("reads", "writes"),
+        help="the scripted session: file reads (default) or a write-heavy one",
+    )
     p.add_argument("--sessions", help="concurrency levels, e.g. 1,10,100 ('' to skip)")
     p.add_argument("--no-overhead", action="store_true", help="skip the overhead benchmark")
     p.add_argument("--show", action="store_true", help="print the results table and exit")
@@ -71,6 +76,8 @@ def _params(args: argparse.Namespace) -> Params:
         changes["strategies"] = tuple(s.strip() for s in args.strategies.split(",") if s)
     if args.reads is not None:
         changes["reads"] = args.reads
+    if args.session is not None:
+        changes["session"] = args.session
     if args.sessions is not None:
         changes["scale_sessions"] = tuple(int(s) for s in args.sessions.split(",") if s)
     if args.no_overhead:

@@ -25,6 +25,10 @@ class Params:
     lines_per_file: int = 300
     reads: int = 90
     parallel_every: int = 5
+    # "reads": the file-reading session above; "writes": a write-heavy one (`writes` new
+    # files of ~1,500 tokens each: large tool inputs that only stubs can shrink).
+    session: str = "reads"
+    writes: int = 80
     # Windows (tokens).
     context_window: int = 100_000
     compact_at: int = 67_000  # tidemark's default for this window: window - 33,000
@@ -56,9 +60,13 @@ class Params:
             f"time scale {self.time_scale} (times reported un-scaled); "
             f"summaries {self.summary_tokens} output tokens; memory updates write what changed "
             f"(whole rewrites: {self.memory_tokens}); "
-            f"session: {self.reads} file reads (2 in parallel every {self.parallel_every}) over "
-            f"{self.files} files of {self.lines_per_file} lines; "
-            f"window {self.context_window:,}, compact at {self.compact_at:,}"
+            + (
+                f"session: {self.reads} file reads (2 in parallel every {self.parallel_every}) "
+                f"over {self.files} files of {self.lines_per_file} lines; "
+                if self.session == "reads"
+                else f"session: {self.writes} new files written, ~1,500 tokens each; "
+            )
+            + f"window {self.context_window:,}, compact at {self.compact_at:,}"
         )
 
     def as_dict(self) -> dict[str, object]:

@@ -168,7 +168,10 @@ def run_strategy(name: str, params: Params, workdir: Path) -> StrategyResult:
     ws = workdir / name
     ws.mkdir(parents=True, exist_ok=True)
     files = write_repository(ws, params.files, params.lines_per_file)
-    session = LongSession(files, reads=params.reads, parallel_every=params.parallel_every)
+    if params.session == "writes":
+        session = LongSession(files, reads=0, writes=params.writes)
+    else:
+        session = LongSession(files, reads=params.reads, parallel_every=params.parallel_every)
     script = StepScript(
         session,
         summary_tokens=params.summary_tokens,

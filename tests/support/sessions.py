@@ -189,18 +189,18 @@ def memory_reply(request: RecordedRequest, output_tokens: int | None = None) -> 
 
 
 _CURRENT_MEMORY_RE = re.compile(r"<current-memory>(.*?)</current-memory>", re.S)
-_WORKLOG_STEP_RE = re.compile(r"^- Step (\S+): read ([^\s;]+)", re.M)
+_WORKLOG_STEP_RE = re.compile(r"^- Step (\S+): (?:read|wrote) ([^\s;]+)", re.M)
 _CALL_STEP_RE = re.compile(r"^toolu_s(\d+)_")
 
 
 def changes_text(request: RecordedRequest) -> str:
     """A memory update that writes only what is new, the way the runtime asks for it.
 
-    The current memory is in the update instruction. Every file read the request shows that
-    the memory's Worklog does not list yet gets a worklog step; files the memory does not
-    name get a line in Files and Functions; codes not in Key results are added there (all
-    appended); Current State is rewritten. Its size follows what the session did since the
-    last update.
+    The current memory is in the update instruction. Every file read or written in the
+    request that the memory's Worklog does not list yet gets a worklog step; files the
+    memory does not name get a line in Files and Functions; codes not in Key results are
+    added there (all appended); Current State is rewritten. Its size follows what the
+    session did since the last update.
     """
     messages: list[dict[str, Any]] = request.body.get("messages", [])
     last = messages[-1].get("content", "") if messages else ""
@@ -228,14 +228,15 @@ def changes_text(request: RecordedRequest) -> str:
             step = _CALL_STEP_RE.match(str(block.get("id", "")))
             path = (block.get("input") or {}).get("path")
             if step and isinstance(path, str):
-                reads.append((f"{int(step.group(1))}.{k + 1}", path))
-    new_reads = [(step, path) for step, path in reads if step not in logged]
+                verb = "wrote" if block.get("name") == "write_file" else "read"
+                reads.append((f"{int(step.group(1))}.{k + 1}", f"{verb} {path}"))
+    new_reads = [(step, done) for step, done in reads if step not in logged]
     named = set(logged.values())
-    new_files = sorted({path for _, path in new_reads if path not in named})
+    new_files = sorted({done.split(" ", 1)[1] for _, done in new_reads} - named)
     codes = sorted(facts_in(body) - facts_in(memory))
     parts = [
         "# Current State\n"
-        f"- Done: listed the repository, {len(logged) + len(new_reads)} file reads.\n"
+        f"- Done: listed the repository, {len(logged) + len(new_reads)} files read or written.\n"
         "- In progress: looking for the restock bug.\n"
         "- Next: fix inventory/stock.py and run test_stock.py."
     ]
@@ -251,7 +252,7 @@ def changes_text(request: RecordedRequest) -> str:
     if new_reads:
         parts.append(
             "# Worklog (append)\n"
-            + "".join(f"- Step {step}: read {path}; not related.\n" for step, path in new_reads)
+            + "".join(f"- Step {step}: {done}; not related.\n" for step, done in new_reads)
         )
     return "\n\n".join(part.rstrip() for part in parts) + "\n"
 
