@@ -3,11 +3,15 @@
     python -m benchmarks            # full run (≤ 10 min on 2 cores): benchmarks/results/
     python -m benchmarks --quick    # CI run (≤ 60 s), writes to a temporary folder
     python -m benchmarks --show     # print the committed side-by-side table
+    python -m benchmarks --strategies '' --no-overhead --sessions 1,10,100
+                                    # the scale table alone (sessions per process, and a
+                                    # batch on a local Ray instance)
 
 Strategies (one scripted long coding session, each against the strict local Messages API
 server with the latency model and prompt caching): no compaction, blocking full summary,
 LangChain ``create_agent`` + ``SummarizationMiddleware``, tidemark session memory. Then the
-runtime overhead per turn as the transcript grows, and 1/10/100 sessions in one process.
+runtime overhead per turn as the transcript grows, 1/10/100 sessions in one process, and a
+batch of the same sessions on a local Ray instance (skipped, with the reason, without Ray).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import params as presets
-from benchmarks.concurrency import ScaleRow, run_scale
+from benchmarks.concurrency import RayRow, ScaleRow, ray_table, run_ray_batch, run_scale
 from benchmarks.overhead import OverheadRow, measure_overhead
 from benchmarks.params import Params
 from benchmarks.report import (
@@ -51,7 +56,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="results folder (default: benchmarks/results, or a temporary folder with --quick)",
     )
-    p.add_argument("--strategies", help="comma-separated subset of: " + ", ".join(LABELS))
+    p.add_argument(
+        "--strategies", help="comma-separated subset of: " + ", ".join(LABELS) + " ('' for none)"
+    )
     p.add_argument("--reads", type=int, help="file-reading turns in the session")
     p.add_argument(
         "--session",
@@ -60,6 +67,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--sessions", help="concurrency levels, e.g. 1,10,100 ('' to skip)")
     p.add_argument("--no-overhead", action="store_true", help="skip the overhead benchmark")
+    p.add_argument(
+        "--ray-tasks",
+        type=int,
+        help=f"tasks of the batch on local Ray (default {RAY_TASKS}, none with --quick; 0 skips)",
+    )
     p.add_argument("--show", action="store_true", help="print the results table and exit")
     p.add_argument(
         "--render", action="store_true", help="rewrite tables and plots from OUT/raw.json"
@@ -72,7 +84,7 @@ def _params(args: argparse.Namespace) -> Params:
     changes: dict[str, object] = {}
     if args.time_scale is not None:
         changes["time_scale"] = args.time_scale
-    if args.strategies:
+    if args.strategies is not None:  # '' runs none (e.g. the scale table alone)
         changes["strategies"] = tuple(s.strip() for s in args.strategies.split(",") if s)
     if args.reads is not None:
         changes["reads"] = args.reads
@@ -85,11 +97,20 @@ def _params(args: argparse.Namespace) -> Params:
     return dataclasses.replace(params, **changes)
 
 
+# The batch on local Ray: two waves of the default 8 sessions per CPU on 2 CPUs (~3 min).
+RAY_TASKS = 32
+RAY_CPUS = 2
+
+
 def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run(params: Params, out: Path) -> str:
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def run(params: Params, out: Path, *, ray_tasks: int = 0) -> str:
     """Run everything, write tables, plots and raw figures to `out`; return the summary."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -127,8 +148,23 @@ def run(params: Params, out: Path) -> str:
         for n in params.scale_sessions:
             t0 = time.monotonic()
             scale.append(run_scale(n, params, work))
-            _log(f"benchmarks: {n} concurrent sessions, {time.monotonic() - t0:.0f} s")
-    summary = _write(out, params, results, skipped, overhead, scale, time.monotonic() - started)
+            _log(
+                f"benchmarks: {n} concurrent sessions, {time.monotonic() - t0:.0f} s, "
+                f"load average {_load()}"
+            )
+        ray: RayRow | str | None = None
+        if ray_tasks:
+            t0 = time.monotonic()
+            concurrency = min(ray_tasks, 8 * RAY_CPUS)
+            ray = run_ray_batch(ray_tasks, concurrency, params, work, num_cpus=RAY_CPUS)
+            _log(
+                f"benchmarks: batch of {ray_tasks} tasks on local Ray, "
+                f"{time.monotonic() - t0:.0f} s, load average {_load()}"
+                + (f": {ray}" if isinstance(ray, str) else "")
+            )
+    summary = _write(
+        out, params, results, skipped, overhead, scale, time.monotonic() - started, ray
+    )
     return summary
 
 
@@ -140,6 +176,7 @@ def _write(
     overhead: list[OverheadRow],
     scale: list[ScaleRow],
     elapsed: float,
+    ray: RayRow | str | None = None,
 ) -> str:
     notes = "".join(f"\n- {s}" for s in skipped)
     summary = (
@@ -160,9 +197,12 @@ def _write(
             + overhead_table(overhead)
             + "\n"
         )
-    if scale:
+    if scale or ray is not None:
         (out / "scale.md").write_text(
-            "# Concurrent sessions in one process\n\n" + scale_table(scale) + "\n"
+            "# Concurrent sessions in one process\n\n"
+            + (scale_table(scale) if scale else "(not measured)")
+            + (f"\n\n{ray_table(ray)}" if ray is not None else "")
+            + f"\n\nMachine: {os.cpu_count()} CPUs, load average {_load()} at the end.\n"
         )
     raw = {
         "elapsed_s": round(elapsed, 1),
@@ -171,6 +211,7 @@ def _write(
         "skipped": skipped,
         "overhead": [dataclasses.asdict(r) for r in overhead],
         "scale": [dataclasses.asdict(r) for r in scale],
+        "ray": dataclasses.asdict(ray) if isinstance(ray, RayRow) else ray,
     }
     (out / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
     plots(out, results, overhead, scale)
@@ -190,7 +231,9 @@ def render(out: Path) -> str:
     ]
     overhead = [OverheadRow(**r) for r in raw["overhead"]]
     scale = [ScaleRow(**r) for r in raw["scale"]]
-    return _write(out, params, results, raw["skipped"], overhead, scale, raw["elapsed_s"])
+    ray_raw = raw.get("ray")
+    ray = RayRow(**ray_raw) if isinstance(ray_raw, dict) else ray_raw
+    return _write(out, params, results, raw["skipped"], overhead, scale, raw["elapsed_s"], ray)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         print(path.read_text())
         return 0
     params = _params(args)
+    ray_tasks = args.ray_tasks if args.ray_tasks is not None else (0 if args.quick else RAY_TASKS)
     out = args.out or (
         Path(tempfile.mkdtemp(prefix="tidemark-bench-quick-")) if args.quick else RESULTS
     )
-    print(run(params, out))
+    print(run(params, out, ray_tasks=ray_tasks))
     _log(f"benchmarks: tables and plots in {out}")
     return 0
 
