@@ -7,11 +7,11 @@ last message the memory covers; it is always the message just before a safe cut.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.tokens import message_text
+from tidemark.tools.interface import describe_call
 
 __all__ = [
     "is_safe_cut",
@@ -107,22 +107,15 @@ def latest_turn_index(messages: Sequence[Message]) -> int:
     return len(messages)
 
 
-def _describe_input(block: ToolUseBlock, limit: int = 120) -> str:
-    parts: list[str] = []
-    for key, value in block.input.items():
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        if len(text) > 60:
-            text = text[:57] + "..."
-        parts.append(f"{key}={text!r}" if isinstance(value, str) else f"{key}={text}")
-    joined = ", ".join(parts)
-    return joined if len(joined) <= limit else joined[: limit - 3] + "..."
-
-
 def tombstone_text(use: ToolUseBlock | None, result: ToolResultBlock) -> str:
     """One line: what the call was, how big its result was, how to get it again."""
     size = len(result.content)
     lines = result.content.count("\n") + 1 if result.content else 0
-    what = f"{use.name}({_describe_input(use)})" if use is not None else "this tool call"
+    what = (
+        describe_call(use.name, use.input, value_width=60, width=120)
+        if use is not None
+        else "this tool call"
+    )
     status = "failed with" if result.is_error else "returned"
     return (
         f"[result cleared by tidemark to save context: {what} {status} {size:,} chars, "

@@ -22,7 +22,8 @@ import anyio
 from tidemark.errors import TidemarkError
 from tidemark.loop import Agent, Conversation
 from tidemark.tools import Tool, ToolCall
-from tidemark.tools.approval import DENIED_BY_USER, describe_input
+from tidemark.tools.approval import DENIED_BY_USER
+from tidemark.tools.interface import describe_input
 
 __all__ = ["ChatApprover", "ChatView", "run_chat"]
 

@@ -20,7 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from tidemark.events import EventSubscriber
-from tidemark.tools.approval import describe_input, read_answer
+from tidemark.tools.approval import read_answer
+from tidemark.tools.interface import describe_input
 
 __all__ = [
     "NullProgress",

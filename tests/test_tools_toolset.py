@@ -21,6 +21,8 @@ from tidemark.tools import (
     Toolset,
     builtin_tools,
     default_approver,
+    describe_call,
+    describe_input,
     tool,
 )
 
@@ -55,6 +57,8 @@ def test_the_public_api_imports() -> None:
         "Toolset",
         "builtin_tools",
         "default_approver",
+        "describe_call",
+        "describe_input",
         "load_tools",
         "reap_leftover_processes",
         "tool",
@@ -288,7 +292,7 @@ async def test_the_terminal_approver_asks_about_the_call_and_honours_the_answer(
     assert [o.is_error for o in outcomes] == [False, True, True]
     assert outcomes[1].content == "permission denied by the user"
     assert prompts[0].startswith("Allow remember text='xxx")
-    assert prompts[0].endswith("...? [y/N] ") and len(prompts[0]) < 120
+    assert prompts[0].endswith("...'? [y/N] ") and len(prompts[0]) < 120
 
 
 async def test_the_terminal_approver_treats_end_of_input_as_a_refusal(tmp_path: Path) -> None:
@@ -307,3 +311,13 @@ def test_the_default_approver_follows_yes_and_the_terminal(monkeypatch: pytest.M
     assert isinstance(default_approver(False), DenyApprover)
     monkeypatch.setattr(sys, "stdin", None)
     assert isinstance(default_approver(False), DenyApprover)
+
+
+def test_a_calls_input_shows_on_one_line_with_long_values_cut() -> None:
+    text = describe_input({"path": "a.py", "limit": 50, "flags": {"all": True}})
+    assert text == "path='a.py' limit=50 flags={\"all\": true}"
+    long = describe_input({"content": "line\n" * 100}, value_width=20)
+    assert long == "content='line\\nline\\nline\\nli...'" and "\n" not in long
+    call = describe_call("read_file", {"path": "x" * 200, "offset": 3}, value_width=10, width=30)
+    assert call == "read_file(path='xxxxxxx...', offset=3)"
+    assert len(describe_call("bash", {"command": "y" * 500}, width=40)) == len("bash()") + 40

@@ -12,7 +12,7 @@ from .approval import Approver, AutoApprover, DenyApprover, TerminalApprover, de
 from .builtin import builtin_tools
 from .errors import ToolError, ToolLoadError
 from .function import FunctionTool, tool
-from .interface import Tool, ToolCall, ToolContext, ToolOutcome
+from .interface import Tool, ToolCall, ToolContext, ToolOutcome, describe_call, describe_input
 from .loading import load_tools
 from .processes import reap_leftover_processes
 from .toolset import Toolset
@@ -32,6 +32,8 @@ __all__ = [
     "Toolset",
     "builtin_tools",
     "default_approver",
+    "describe_call",
+    "describe_input",
     "load_tools",
     "reap_leftover_processes",
     "tool",

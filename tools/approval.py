@@ -11,7 +11,7 @@ from typing import Protocol, cast
 import anyio
 import anyio.to_thread
 
-from .interface import Tool, ToolCall
+from .interface import Tool, ToolCall, describe_input
 
 __all__ = [
     "Approver",
@@ -103,17 +103,6 @@ async def read_answer(prompt: str) -> str:
             raise EOFError
         line += chunk
     return line.split(b"\n", 1)[0].decode("utf-8", "replace")
-
-
-def describe_input(input: dict[str, object], width: int = 80) -> str:
-    """One line showing each argument, long values shortened."""
-    parts: list[str] = []
-    for key, value in input.items():
-        text = repr(value)
-        if len(text) > width:
-            text = text[: width - 3] + "..."
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def default_approver(auto_approve: bool) -> Approver:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Tool", "ToolCall", "ToolContext", "ToolOutcome"]
+__all__ = ["Tool", "ToolCall", "ToolContext", "ToolOutcome", "describe_call", "describe_input"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,33 @@ class Tool(Protocol):
     timeout: float | None
 
     async def run(self, input: dict[str, Any], ctx: ToolContext) -> str: ...
+
+
+def describe_input(
+    input: Mapping[str, object], *, value_width: int = 80, width: int | None = None, sep: str = " "
+) -> str:
+    """A call's input on one line, ``path='a.py' limit=50``: strings quoted, other values as
+    JSON, each value cut at `value_width` characters and the whole at `width` ("...").
+
+    The one rendering of a tool's input: approval prompts, the status line, the chat, the
+    tombstone of a cleared result and `tidemark inspect` all show calls with it.
+    """
+    parts: list[str] = []
+    for key, value in input.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = _cut(text, value_width)
+        parts.append(f"{key}={text!r}" if isinstance(value, str) else f"{key}={text}")
+    joined = sep.join(parts)
+    return joined if width is None else _cut(joined, width)
+
+
+def describe_call(
+    name: str, input: Mapping[str, object], *, value_width: int = 80, width: int | None = None
+) -> str:
+    """``read_file(path='a.py', limit=50)``: the name and `describe_input` in parentheses."""
+    return f"{name}({describe_input(input, value_width=value_width, width=width, sep=', ')})"
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters, "..." marking a cut."""
+    return text if len(text) <= width else text[: width - 3] + "..."

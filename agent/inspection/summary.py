@@ -15,6 +15,7 @@ from tidemark.inspection.reading import CompactionMark, Event
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.prices import PRICES_AS_OF, estimate_cost, price_for
 from tidemark.tokens import TokenCounter
+from tidemark.tools.interface import describe_call
 
 __all__ = ["Summary", "TranscriptView", "session_row", "summarize", "view_transcript"]
 
@@ -243,8 +244,7 @@ def _preview(message: Message, tool_names: dict[str, str], width: int = 90) -> s
         if isinstance(block, TextBlock) and block.text.strip():
             parts.append(repr(first_line(block.text, 50)))
         elif isinstance(block, ToolUseBlock):
-            args = ", ".join(f"{k}={str(v)[:30]!r}" for k, v in block.input.items())
-            parts.append(f"{block.name}({args})")
+            parts.append(describe_call(block.name, block.input, value_width=30))
         elif isinstance(block, ToolResultBlock):
             name = tool_names.get(block.tool_use_id, "tool")
             error = " error" if block.is_error else ""
