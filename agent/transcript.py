@@ -16,22 +16,26 @@ from __future__ import annotations
 import re
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tidemark.errors import SessionNotFoundError
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.storage import JsonlAppender, read_jsonl
 
 __all__ = [
+    "ContextRecord",
+    "InvalidRecord",
     "SessionPaths",
+    "TranscriptRecord",
     "TranscriptState",
     "TranscriptWriter",
+    "decode_transcript",
     "list_sessions",
     "load_transcript",
     "repair_tool_pairing",
@@ -136,46 +140,91 @@ class TranscriptState:
     compactions: int = 0
 
 
+class ContextRecord(BaseModel):
+    """A `context` record: what the context became at a compaction."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: Message | None = None
+    message_ids: list[str] = Field(default_factory=list[str])
+    tombstones: dict[str, str] = Field(default_factory=dict[str, str])  # tool_use id: text
+    stubs: dict[str, list[Any]] = Field(default_factory=dict[str, list[Any]])  # id: blocks
+
+
+@dataclass(frozen=True)
+class InvalidRecord:
+    """A line that is JSON but not a valid record (a damaged disk, a hand edit)."""
+
+    kind: str  # the record's type, or "unknown"
+    reason: str  # the first thing wrong with it, on one line
+
+
+TranscriptRecord = Message | ContextRecord | InvalidRecord
+
+
+def decode_transcript(path: Path) -> Iterator[tuple[int, TranscriptRecord]]:
+    """Each record of transcript.jsonl with its number (the one decoder of the file, for
+    resume and for `tidemark inspect`). A line that is not JSON is skipped with a warning
+    (`read_jsonl`); a record of an unknown type is skipped; an invalid one is yielded as an
+    `InvalidRecord` for the reader to report as it sees fit.
+    """
+    for number, record in enumerate(read_jsonl(path), 1):
+        kind = record.get("type")
+        try:
+            if kind == "message":
+                decoded: TranscriptRecord = Message.model_validate(record["message"])
+            elif kind == "context":
+                # Empty parts may be written as null.
+                values = {k: v for k, v in record.items() if k != "type" and v is not None}
+                decoded = ContextRecord.model_validate(values)
+            else:
+                continue
+        except (ValidationError, KeyError, TypeError, AttributeError) as exc:
+            decoded = InvalidRecord(kind if isinstance(kind, str) else "unknown", _first_error(exc))
+        yield number, decoded
+
+
 def load_transcript(path: Path) -> TranscriptState:
     """Rebuild transcript and context; damaged lines are skipped with a warning."""
     state = TranscriptState()
     by_id: dict[str, Message] = {}
-    for number, record in enumerate(read_jsonl(path), 1):
-        try:
-            if record.get("type") == "message":
-                message = Message.model_validate(record["message"])
-                state.messages.append(message)
-                by_id[message.id] = message
-                state.context.append(message)
-            elif record.get("type") == "context":
-                summary_raw = record.get("summary")
-                tombstones: dict[str, str] = record.get("tombstones") or {}
-                stubs: dict[str, list[Any]] = record.get("stubs") or {}
-                context: list[Message] = []
-                if summary_raw:
-                    context.append(Message.model_validate(summary_raw))
-                message_ids: list[str] = record.get("message_ids") or []
-                for message_id in message_ids:
-                    if message_id in by_id:
-                        message = by_id[message_id]
-                        if message_id in stubs:
-                            message = Message.model_validate(
-                                {**message.model_dump(), "content": stubs[message_id]}
-                            )
-                        context.append(_apply_tombstones(message, tombstones))
-                state.context = context
+    for number, record in decode_transcript(path):
+        if isinstance(record, ContextRecord):
+            try:
+                state.context = _rebuilt_context(record, by_id)
+            except ValidationError as exc:  # a stubbed message that is not valid content
+                record = InvalidRecord("context", _first_error(exc))
+            else:
                 state.compactions += 1
-        except (ValidationError, KeyError, TypeError, AttributeError) as exc:
-            what = record.get("type") if isinstance(record.get("type"), str) else "unknown"
+                continue
+        if isinstance(record, InvalidRecord):
             warnings.warn(
-                f"{path.name}: skipped invalid {what} record {number} "
-                f"({_first_error(exc)}); the session is repaired around it",
+                f"{path.name}: skipped invalid {record.kind} record {number} "
+                f"({record.reason}); the session is repaired around it",
                 RuntimeWarning,
                 stacklevel=2,
             )
             continue
+        state.messages.append(record)
+        by_id[record.id] = record
+        state.context.append(record)
     state.context = repair_tool_pairing(state.context)
     return state
+
+
+def _rebuilt_context(record: ContextRecord, by_id: dict[str, Message]) -> list[Message]:
+    """The context a `context` record describes: summary + listed messages, stubs and
+    tombstones applied (ids the transcript lost are left out; pairing is repaired later)."""
+    context: list[Message] = [] if record.summary is None else [record.summary]
+    for message_id in record.message_ids:
+        if message_id in by_id:
+            message = by_id[message_id]
+            if message_id in record.stubs:
+                message = Message.model_validate(
+                    {**message.model_dump(), "content": record.stubs[message_id]}
+                )
+            context.append(_apply_tombstones(message, record.tombstones))
+    return context
 
 
 def _first_error(exc: Exception) -> str:

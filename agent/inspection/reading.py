@@ -9,14 +9,15 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from collections.abc import Generator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from tidemark.messages import Message
 from tidemark.storage import read_jsonl
+from tidemark.transcript import ContextRecord, decode_transcript
 
 __all__ = ["CompactionMark", "Damage", "Event", "read_events", "read_transcript", "warn"]
 
@@ -52,16 +53,23 @@ _LINE_RE = re.compile(r"damaged line (\d+)")
 
 
 def read_records(path: Path) -> tuple[list[Event], Damage]:
-    """All records of a JSONL file, and which lines were damaged (read_jsonl warns)."""
+    """All records of a JSONL file, and which lines were damaged."""
     damage = Damage(path.name)
+    with _damaged_lines(damage):
+        records = list(read_jsonl(path))
+    return records, damage
+
+
+@contextmanager
+def _damaged_lines(damage: Damage) -> Generator[None]:
+    """Notes in `damage` the lines `read_jsonl` skips (it warns about each)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        records = list(read_jsonl(path))
+        yield
     for warning in caught:
         found = _LINE_RE.search(str(warning.message))
         if found:
             damage.lines.append(int(found.group(1)))
-    return records, damage
 
 
 def read_events(path: Path) -> tuple[list[Event], Damage]:
@@ -91,22 +99,22 @@ class CompactionMark:
 
 def read_transcript(path: Path) -> tuple[list[Message], list[CompactionMark], Damage]:
     """Every message of the transcript, and a mark for each compaction in it."""
-    records, damage = read_records(path)
+    damage = Damage(path.name)
     messages: list[Message] = []
     compactions: list[CompactionMark] = []
-    for record in records:
-        try:
-            if record.get("type") == "message":
-                messages.append(Message.model_validate(record["message"]))
-            elif record.get("type") == "context":
+    with _damaged_lines(damage):
+        for _, record in decode_transcript(path):
+            if isinstance(record, Message):
+                messages.append(record)
+            elif isinstance(record, ContextRecord):
                 compactions.append(
                     CompactionMark(
                         after_index=len(messages) - 1,
-                        kept=set(record.get("message_ids") or []),
-                        tombstoned=set(record.get("tombstones") or {}),
-                        summary=bool(record.get("summary")),
+                        kept=set(record.message_ids),
+                        tombstoned=set(record.tombstones),
+                        summary=record.summary is not None,
                     )
                 )
-        except (ValidationError, KeyError, TypeError):
-            damage.unusable += 1
+            else:
+                damage.unusable += 1
     return messages, compactions, damage
