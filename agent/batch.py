@@ -414,11 +414,9 @@ async def run_task(
     """
     folder = base / "tasks" / task.id
     started = time.monotonic()
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        folder / "attempt.json",
-        json.dumps({"attempt": attempt, "pid": os.getpid(), "host": socket.gethostname()}) + "\n",
-    )
+    # File work (an fsync-ed write, reading a transcript and an event log) runs in threads:
+    # the worker's other sessions share this event loop.
+    await anyio.to_thread.run_sync(_write_attempt, folder, attempt)
     outcome, exit_code, error = "finished", 0, None
     workspace: Path | None = None
     paths: SessionPaths | None = None
@@ -446,7 +444,7 @@ async def run_task(
                 settings=settings,
                 approver=default_approver(settings.auto_approve),
             )
-            existing = _latest_started_session(workspace)
+            existing = await anyio.to_thread.run_sync(_latest_started_session, workspace)
             result: RunResult
             if existing is None:
                 result = await agent.run(task.task)
@@ -472,7 +470,21 @@ async def run_task(
     if paths is None and workspace is not None:
         sessions = list_sessions(workspace)
         paths = sessions[-1] if sessions else None
-    return _record(task, outcome, exit_code, error, final, paths, workspace, started, attempt)
+    record = functools.partial(
+        _record, task, outcome, exit_code, error, final, paths, workspace, started, attempt
+    )
+    result_record: dict[str, Any] = {}
+    with anyio.CancelScope(shield=True):  # an ended task's result is never lost to Ctrl-C
+        result_record = await anyio.to_thread.run_sync(record)
+    return result_record
+
+
+def _write_attempt(folder: Path, attempt: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        folder / "attempt.json",
+        json.dumps({"attempt": attempt, "pid": os.getpid(), "host": socket.gethostname()}) + "\n",
+    )
 
 
 def task_settings(
