@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
-from tidemark.tokens import message_text
+from tidemark.tokens import image_tokens, message_text
 from tidemark.tools.interface import describe_call
 
 __all__ = [
@@ -117,9 +117,11 @@ def tombstone_text(use: ToolUseBlock | None, result: ToolResultBlock) -> str:
         else "this tool call"
     )
     status = "failed with" if result.is_error else "returned"
+    images = len(result.images)
+    extra = f" and {images} image{'s' if images > 1 else ''}" if images else ""
     return (
         f"[result cleared by tidemark to save context: {what} {status} {size:,} chars, "
-        f"{lines:,} lines. Run the call again if you need it.]"
+        f"{lines:,} lines{extra}. Run the call again if you need it.]"
     )
 
 
@@ -151,7 +153,7 @@ def tombstone_tool_results(
         blocks = list(message.content)
         # Savings are measured on the whole message, as TokenCounter counts it: per-block
         # estimates round differently and would report more freed than the recount finds.
-        size = estimate(message_text(message))
+        size = estimate(message_text(message)) + image_tokens(message)
         changed = False
         for k, block in enumerate(blocks):
             if freed >= tokens_to_free:
@@ -159,10 +161,11 @@ def tombstone_tool_results(
             if not isinstance(block, ToolResultBlock) or block.tombstoned:
                 continue
             text = tombstone_text(uses.get(block.tool_use_id), block)
-            if estimate(block.content) <= estimate(text):
+            if not block.images and estimate(block.content) <= estimate(text):
                 continue  # a tombstone would not be smaller (decided per block: idempotent)
-            blocks[k] = block.model_copy(update={"content": text, "tombstoned": True})
-            new_size = estimate(message_text(message.model_copy(update={"content": blocks})))
+            blocks[k] = block.model_copy(update={"content": text, "tombstoned": True, "images": ()})
+            shrunk = message.model_copy(update={"content": blocks})
+            new_size = estimate(message_text(shrunk)) + image_tokens(shrunk)
             freed += size - new_size
             size = new_size
             cleared += 1

@@ -79,7 +79,7 @@ def render_originals(originals: Sequence[Original], transcript: Sequence[Message
                 status = ' is_error="true"' if block.is_error else ""
                 chunks.append(
                     f'<tool-result id="{block.tool_use_id}" tool="{name}"{status}>\n'
-                    f"{block.content}\n</tool-result>"
+                    f"{block.text_with_placeholders()}\n</tool-result>"
                 )
             elif isinstance(block, ToolUseBlock):
                 fields = "\n".join(

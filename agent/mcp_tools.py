@@ -6,9 +6,10 @@ the server's description and input schema. The servers live as long as the ``asy
 block: the session. A stdio server runs under the same supervisor as ``bash`` commands, so
 its whole process group ends even when the runtime is killed with SIGKILL.
 
-A call's result maps to a tool result: text as text, images and other blocks as a one-line
-note; an error result (or a server that went away) becomes an ``is_error`` result and the
-session goes on. Servers not marked ``trusted`` need approval, like ``bash``.
+A call's result maps to a tool result: text as text, images (PNG, JPEG, GIF, WebP up to
+5 MB: what the Messages API takes) as image blocks after the text, other blocks as a
+one-line note; an error result (or a server that went away) becomes an ``is_error`` result
+and the session goes on. Servers not marked ``trusted`` need approval, like ``bash``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import anyio
 
 from tidemark.config_file import McpServerConfig
 from tidemark.errors import ConfigError
-from tidemark.tools import ToolContext, ToolError
+from tidemark.tools import ToolContext, ToolError, ToolImage, ToolOutput
 from tidemark.tools.processes import supervised_argv
 
 __all__ = ["McpTool", "connect_mcp_servers", "mcp_tool_name"]
@@ -49,7 +50,7 @@ class _Server:
     gone: str | None = None
     argv: list[str] | None = None  # a stdio server's command line, under its supervisor
 
-    async def call(self, tool: str, arguments: dict[str, Any]) -> str:
+    async def call(self, tool: str, arguments: dict[str, Any]) -> str | ToolOutput:
         if self.gone is not None:
             raise ToolError(self.gone)
         from mcp import MCPError
@@ -65,25 +66,37 @@ class _Server:
                 )
                 raise ToolError(self.gone) from None
             raise ToolError(f"MCP server {self.name}: {message}") from None
-        text = _render(result.content)
+        text, images = _render(result.content)
         if result.is_error:
             raise ToolError(text or f"{tool} failed (the server gave no reason)")
-        if not text and result.structured_content is not None:
+        if not text and not images and result.structured_content is not None:
             import json
 
             text = json.dumps(result.structured_content, ensure_ascii=False)
+        if images:
+            return ToolOutput(text, tuple(images))
         return text or "(no output)"
 
 
-def _render(content: list[Any]) -> str:
-    """Text blocks verbatim; anything else as a one-line note the model can act on."""
+# What the Messages API takes as an image block: these types, at most 5 MB each.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+IMAGE_MAX_BYTES = 5 * 1024 * 1024
+
+
+def _render(content: list[Any]) -> tuple[str, list[ToolImage]]:
+    """Text blocks verbatim, images the model can take as images, anything else as a
+    one-line note the model can act on."""
     parts: list[str] = []
+    images: list[ToolImage] = []
     for block in content:
         kind = getattr(block, "type", "")
         if kind == "text":
             parts.append(block.text)
         elif kind in ("image", "audio"):
             size = len(block.data) * 3 // 4  # base64
+            if kind == "image" and block.mime_type in IMAGE_TYPES and size <= IMAGE_MAX_BYTES:
+                images.append(ToolImage(block.mime_type, block.data))
+                continue
             parts.append(f"[{kind} result: {block.mime_type}, about {size:,} bytes, not shown]")
         elif kind == "resource_link":
             parts.append(f"[resource: {block.uri}]")
@@ -93,7 +106,7 @@ def _render(content: list[Any]) -> str:
             parts.append(body if body is not None else f"[resource: {resource.uri}]")
         else:
             parts.append(f"[{kind or 'unknown'} result block]")
-    return "\n".join(parts)
+    return "\n".join(parts), images
 
 
 @dataclass
@@ -118,7 +131,7 @@ class McpTool:
         where = self.server.config.source
         return f"mcp server {self.server.name}" + (f" ({where})" if where else "")
 
-    async def run(self, input: dict[str, Any], ctx: ToolContext) -> str:
+    async def run(self, input: dict[str, Any], ctx: ToolContext) -> str | ToolOutput:
         return await self.server.call(self.remote_name, input)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -10,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ContentBlock",
+    "ImageBlock",
     "Message",
     "Origin",
     "StopReason",
@@ -70,13 +73,58 @@ class ToolUseBlock(_Block):
     stubbed: bool = False
 
 
+# The most tokens the API bills for one image (it scales larger ones down to about 1.15 MP).
+IMAGE_MAX_TOKENS = 1_600
+
+
+class ImageBlock(_Block):
+    """An image inside a tool result: base64 `data` of `media_type` (image/png, ...)."""
+
+    type: Literal["image"] = "image"
+    media_type: str
+    data: str
+
+    @property
+    def size(self) -> int:
+        """Its size in bytes, decoded."""
+        return len(self.data) * 3 // 4 - self.data[-2:].count("=")
+
+    @property
+    def tokens(self) -> int:
+        """What the API bills for it: width x height / 750 (PNG and GIF say their size in
+        their header), at most `IMAGE_MAX_TOKENS`; other formats count as the most."""
+        try:
+            head = base64.b64decode(self.data[:44])
+        except (binascii.Error, ValueError):
+            return IMAGE_MAX_TOKENS
+        if head.startswith(b"\x89PNG") and len(head) >= 24:
+            width, height = int.from_bytes(head[16:20]), int.from_bytes(head[20:24])
+        elif head.startswith(b"GIF8") and len(head) >= 10:
+            width = int.from_bytes(head[6:8], "little")
+            height = int.from_bytes(head[8:10], "little")
+        else:
+            return IMAGE_MAX_TOKENS
+        return max(1, min(IMAGE_MAX_TOKENS, width * height // 750))
+
+    def placeholder(self) -> str:
+        """One line for a model or a view that cannot take the image itself."""
+        return f"[image: {self.media_type}, {max(1, round(self.size / 1024))} KB]"
+
+
 class ToolResultBlock(_Block):
     type: Literal["tool_result"] = "tool_result"
     tool_use_id: str
-    content: str
+    content: str  # the result's text (all of it when there are no images)
     is_error: bool = False
     # True once compaction replaced the content by a one-line tombstone.
     tombstoned: bool = False
+    # Images that follow the text (MCP tools may return them); a tombstone drops them.
+    # (Left out of the transcript's records when there are none.)
+    images: tuple[ImageBlock, ...] = Field(default=(), exclude_if=lambda images: not images)
+
+    def text_with_placeholders(self) -> str:
+        """The text, then one placeholder line per image: for what cannot take images."""
+        return "\n".join([self.content, *(i.placeholder() for i in self.images)]).strip("\n")
 
 
 ContentBlock = Annotated[

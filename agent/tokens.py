@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from tidemark.messages import Message, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
 from tidemark.model import ToolSpec
 
-__all__ = ["TokenCounter", "chars_estimate", "message_text"]
+__all__ = ["TokenCounter", "chars_estimate", "image_tokens", "message_text"]
 
 # Framing the API adds around each message and block (role, type, ids).
 _MESSAGE_OVERHEAD = 4
@@ -35,6 +35,16 @@ def message_text(message: Message) -> str:
     return "\n".join(parts)
 
 
+def image_tokens(message: Message) -> int:
+    """What the images in a message's tool results cost (not text: the API bills pixels)."""
+    return sum(
+        image.tokens
+        for block in message.content
+        if isinstance(block, ToolResultBlock)
+        for image in block.images
+    )
+
+
 class TokenCounter:
     """Estimates message sizes with the model's estimator; each message is counted once.
 
@@ -59,6 +69,7 @@ class TokenCounter:
         if cached is None:
             cached = (
                 self.estimate(message_text(message))
+                + image_tokens(message)
                 + _MESSAGE_OVERHEAD
                 + _BLOCK_OVERHEAD * len(message.content)
             )
@@ -81,7 +92,7 @@ def _block_len(block: object) -> int:
     if isinstance(block, TextBlock):
         return len(block.text)
     if isinstance(block, ToolResultBlock):
-        return len(block.content)
+        return len(block.content) + sum(len(i.data) for i in block.images)
     if isinstance(block, ToolUseBlock):
         return len(block.input)
     if isinstance(block, ThinkingBlock):

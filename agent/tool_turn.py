@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from tidemark.messages import ToolResultBlock, ToolUseBlock
+from tidemark.messages import ImageBlock, ToolResultBlock, ToolUseBlock
 from tidemark.session import Session
 from tidemark.tools import Approver, ToolCall, ToolContext, Toolset
 
@@ -77,7 +77,12 @@ class ToolTurns:
                 duration = 0.0
             else:
                 result = ToolResultBlock(
-                    tool_use_id=use.id, content=outcome.content, is_error=outcome.is_error
+                    tool_use_id=use.id,
+                    content=outcome.content,
+                    is_error=outcome.is_error,
+                    images=tuple(
+                        ImageBlock(media_type=i.media_type, data=i.data) for i in outcome.images
+                    ),
                 )
                 duration = outcome.duration_ms
             session.note_tool_call(use.name, use.input, result)

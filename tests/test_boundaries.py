@@ -19,7 +19,7 @@ from tidemark.boundaries import (
     tombstone_text,
     tombstone_tool_results,
 )
-from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.messages import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.tokens import TokenCounter, chars_estimate
 
 FAST = settings(max_examples=150, deadline=None)
@@ -491,3 +491,58 @@ def test_a_stub_says_what_was_cleared_and_how_big_in_one_line() -> None:
     assert stub.input["path"] == "a.py"  # short inputs stay
     assert "write_file" in stub.input["content"] and "10,000 chars" in stub.input["content"]
     assert "2,001 lines" in stub.input["content"] and "\n" not in stub.input["content"]
+
+
+# -- images in tool results ------------------------------------------------------------------
+
+# A 1x1 PNG (66 bytes): billed as 1 token by width x height / 750.
+_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgAAACAAFUok9dAAAAAElFTkSuQmCC"
+
+
+def _image_turn() -> list[Message]:
+    image = ImageBlock(media_type="image/png", data=_PNG)
+    return [
+        Message.user_text("look at the chart"),
+        Message(
+            role="assistant",
+            origin="model",
+            content=[ToolUseBlock(id="toolu_c", name="mcp__notes__chart", input={})],
+        ),
+        Message(
+            role="user",
+            origin="tools",
+            content=[ToolResultBlock(tool_use_id="toolu_c", content="Chart", images=(image,))],
+        ),
+        Message(role="assistant", origin="model", content=[TextBlock(text="One pixel.")]),
+        Message.user_text("next"),
+    ]
+
+
+def test_an_image_counts_by_its_pixels_and_a_tombstone_drops_it_even_after_a_short_text() -> None:
+    messages = _image_turn()
+    image = messages[2].tool_results[0].images[0]
+    assert (image.tokens, image.size, image.placeholder()) == (1, 66, "[image: image/png, 1 KB]")
+    out, cleared, freed = tombstone_tool_results(
+        messages, tokens_to_free=10**6, protect_from=4, estimate=chars_estimate
+    )
+    (result,) = out[2].tool_results
+    assert cleared == 1 and result.tombstoned and result.images == ()
+    assert result.content.endswith("and 1 image. Run the call again if you need it.]")
+    counter = TokenCounter()
+    assert freed == counter.messages(messages) - counter.messages(out)
+    assert request_problems(out) == []
+
+
+def test_a_tool_result_records_its_images_only_when_it_has_some() -> None:
+    with_image = _image_turn()[2]
+    plain = Message(
+        role="user",
+        origin="tools",
+        content=[ToolResultBlock(tool_use_id="toolu_c", content="Chart")],
+    )
+    assert "images" not in plain.model_dump(mode="json")["content"][0]
+    dumped = with_image.model_dump(mode="json")
+    assert dumped["content"][0]["images"] == [
+        {"type": "image", "media_type": "image/png", "data": _PNG}
+    ]
+    assert Message.model_validate(dumped) == with_image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -426,6 +427,78 @@ INVALID_REQUESTS += [
         "Thinking may not be enabled when tool_choice forces tool use.",
     ),
 ]
+
+
+# A 1x1 PNG, and the tool loop that carries an image (or `source`) in its result.
+_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+    )
+).decode()
+
+
+def _image_result(source: dict[str, Any], **image: Any) -> list[Any]:
+    content = [{"type": "text", "text": "the chart"}, {"type": "image", "source": source, **image}]
+    return [user("go"), assistant([tool_use("toolu_a")]), user([tool_result("toolu_a", content)])]
+
+
+_WHERE = "messages.2.content.0.content.1.image.source"
+INVALID_REQUESTS += [
+    (
+        "an image in a tool_result whose media type the API does not take",
+        _image_result({"type": "base64", "media_type": "image/bmp", "data": _PNG}),
+        {"tools": TOOLS},
+        f"{_WHERE}.base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' "
+        "or 'image/webp'",
+    ),
+    (
+        "an image in a tool_result whose data is not its media type",
+        _image_result({"type": "base64", "media_type": "image/jpeg", "data": _PNG}),
+        {"tools": TOOLS},
+        f"{_WHERE}.base64: Image does not match the provided media type",
+    ),
+    (
+        "an image in a tool_result whose data is not base64",
+        _image_result({"type": "base64", "media_type": "image/png", "data": "not base64!"}),
+        {"tools": TOOLS},
+        f"{_WHERE}.base64.data: invalid base64 data",
+    ),
+    (
+        "an image in a tool_result with an unknown key on its source",
+        _image_result({"type": "base64", "media_type": "image/png", "data": _PNG, "size": 70}),
+        {"tools": TOOLS},
+        f"{_WHERE}.base64.size: Extra inputs are not permitted",
+    ),
+    (
+        "an image in a tool_result without a source",
+        [
+            user("go"),
+            assistant([tool_use("toolu_a")]),
+            user([tool_result("toolu_a", [{"type": "image", "media_type": "image/png"}])]),
+        ],
+        {"tools": TOOLS},
+        "messages.2.content.0.content.0.image.media_type: Extra inputs are not permitted",
+    ),
+    (
+        "an image block in an assistant message",
+        [user("go"), assistant([{"type": "image", "source": {"type": "url", "url": "x"}}])],
+        {},
+        "messages.1.content.0.type: Input tag 'image' found using 'type' does not match",
+    ),
+]
+
+
+@pytest.mark.anyio
+async def test_a_tool_result_with_text_and_a_png_image_is_accepted(
+    api: FakeMessagesAPI, client: anthropic.AsyncAnthropic
+) -> None:
+    messages = _image_result({"type": "base64", "media_type": "image/png", "data": _PNG})
+
+    message = await stream(client, messages, tools=TOOLS)
+
+    assert message.content[0].type == "text"
+    assert api.invalid_requests == []
 
 
 @pytest.mark.anyio

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tidemark.errors import ProviderUnavailableError
-from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
+from tidemark.messages import ImageBlock, Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.model import ToolSpec
 from tidemark.prompts import REPOSITORY_HEADING
 from tidemark.providers.local import (
@@ -679,3 +679,29 @@ def test_a_how_many_question_is_answered_only_after_a_command_ran() -> None:
     assert "answer" not in [t.name for t in callable_tools(tools, broken)]
     rename = Message.user_text("In words.py, rename the variable cnt to count.")
     assert "Count with one bash command" not in (reminder([rename, *_turn(read)]) or "")
+
+
+def test_an_image_in_a_tool_result_reaches_the_local_model_as_a_placeholder_line() -> None:
+    data = "iVBORw0KGgo" + "A" * 16_000  # about 12 KB of PNG
+    messages = [
+        Message.user_text("look"),
+        Message(
+            role="assistant",
+            origin="model",
+            content=[ToolUseBlock(id="t1", name="mcp__notes__chart", input={})],
+        ),
+        Message(
+            role="user",
+            origin="tools",
+            content=[
+                ToolResultBlock(
+                    tool_use_id="t1",
+                    content="Chart: sales",
+                    images=(ImageBlock(media_type="image/png", data=data),),
+                )
+            ],
+        ),
+    ]
+    prompt = render_prompt("system", messages)
+    assert "<tool_response>\nChart: sales\n[image: image/png, 12 KB]\n</tool_response>" in prompt
+    assert data not in prompt

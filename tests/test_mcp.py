@@ -3,6 +3,7 @@ as a subprocess, plugged in through the config file, `--mcp` and `.mcp.json`."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Script, text
 from tidemark.config_file import McpServerConfig
 from tidemark.errors import ConfigError
 from tidemark.mcp_tools import connect_mcp_servers
-from tidemark.tools import ToolContext, ToolError
+from tidemark.tools import ToolContext, ToolError, ToolOutput
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "tests" / "support" / "mcp_server.py"
@@ -92,7 +93,15 @@ async def test_a_servers_tools_are_listed_with_its_names_schemas_and_description
         with pytest.raises(ToolError, match="failed on purpose: no"):
             await by_name["mcp__notes__fail"].run({"reason": "no"}, ctx)
         picture = await by_name["mcp__notes__picture"].run({}, ctx)
-        assert picture.startswith("[image result: image/png")
+        assert isinstance(picture, ToolOutput) and picture.text == ""
+        assert [i.media_type for i in picture.images] == ["image/png"]
+        assert base64.b64decode(picture.images[0].data).startswith(b"\x89PNG")
+        chart = await by_name["mcp__notes__chart"].run({"title": "sales"}, ctx)
+        assert isinstance(chart, ToolOutput) and chart.text == "Chart: sales"
+        assert len(chart.images) == 1
+        # A format the Messages API does not take stays a note the model can read.
+        bitmap = await by_name["mcp__notes__bitmap"].run({}, ctx)
+        assert isinstance(bitmap, str) and bitmap.startswith("[image result: image/bmp")
 
 
 @pytest.mark.anyio
@@ -147,6 +156,44 @@ def test_the_agent_calls_a_servers_tools_and_goes_on_after_the_server_dies(
     (after,) = _results(turns[4])
     assert after["is_error"] is True
     assert "MCP server notes is not running any more" in str(after["content"])
+
+
+def test_an_image_a_server_returns_reaches_the_model_as_an_image_block_and_survives_resume(
+    tmp_path: Path,
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    _config(workspace, trusted=True)
+    script = Script(
+        [
+            tool_calls(("mcp__notes__chart", {"title": "sales"}), ("mcp__notes__bitmap", {})),
+            text("The chart shows one pixel."),
+            text("Still one pixel."),
+        ]
+    )
+    with FakeMessagesAPI(script) as api:
+        done = tidemark("run", "--workspace", str(workspace), "chart", api=api, tmp_path=tmp_path)
+        assert done.returncode == 0, done.stderr
+        resumed = tidemark(
+            "resume", "--workspace", str(workspace), "and again?", api=api, tmp_path=tmp_path
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        turns = api.requests_for("turn")
+        # The strict server checked each image (base64, a type it takes, data of that type).
+        assert api.invalid_requests == []
+    for turn in (turns[1], turns[2]):  # after the call, and after `resume` read the transcript
+        chart, bitmap = [
+            b
+            for m in turn.body["messages"]
+            if isinstance(m["content"], list)
+            for b in m["content"]
+            if b["type"] == "tool_result"
+        ]
+        assert chart["content"][0] == {"type": "text", "text": "Chart: sales"}
+        image = chart["content"][1]
+        assert image["type"] == "image" and image["source"]["media_type"] == "image/png"
+        assert base64.b64decode(image["source"]["data"]).startswith(b"\x89PNG")
+        assert str(bitmap["content"]).startswith("[image result: image/bmp")
 
 
 def test_an_untrusted_servers_tools_need_approval_like_bash(tmp_path: Path) -> None:

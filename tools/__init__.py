@@ -1,7 +1,8 @@
 """tidemark's tool system and built-in coding tools.
 
 A tool is anything with ``name``, ``description``, ``input_schema``, ``read_only``,
-``needs_approval``, ``timeout`` and ``async run(input, ctx) -> str`` (see ``Tool``); the
+``needs_approval``, ``timeout`` and ``async run(input, ctx) -> str`` (or a ``ToolOutput``
+carrying images; see ``Tool``); the
 ``@tool`` decorator makes one of a typed function. A ``Toolset`` runs a batch of calls from
 the model; an ``Approver`` decides on calls that write files or run commands.
 """
@@ -12,7 +13,16 @@ from .approval import Approver, AutoApprover, DenyApprover, TerminalApprover, de
 from .builtin import builtin_tools
 from .errors import ToolError, ToolLoadError
 from .function import FunctionTool, tool
-from .interface import Tool, ToolCall, ToolContext, ToolOutcome, describe_call, describe_input
+from .interface import (
+    Tool,
+    ToolCall,
+    ToolContext,
+    ToolImage,
+    ToolOutcome,
+    ToolOutput,
+    describe_call,
+    describe_input,
+)
 from .loading import load_tools
 from .processes import reap_leftover_processes
 from .toolset import Toolset
@@ -27,8 +37,10 @@ __all__ = [
     "ToolCall",
     "ToolContext",
     "ToolError",
+    "ToolImage",
     "ToolLoadError",
     "ToolOutcome",
+    "ToolOutput",
     "Toolset",
     "builtin_tools",
     "default_approver",

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Tool", "ToolCall", "ToolContext", "ToolOutcome", "describe_call", "describe_input"]
+__all__ = [
+    "Tool",
+    "ToolCall",
+    "ToolContext",
+    "ToolImage",
+    "ToolOutcome",
+    "ToolOutput",
+    "describe_call",
+    "describe_input",
+]
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,22 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class ToolImage:
+    """An image a tool returns: base64 ``data`` of ``media_type`` (``image/png``, ...)."""
+
+    media_type: str
+    data: str
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """What a tool may return instead of a plain string: its text and images."""
+
+    text: str
+    images: tuple[ToolImage, ...] = ()
+
+
+@dataclass(frozen=True)
 class ToolOutcome:
     """The ``tool_result`` answering one call."""
 
@@ -28,6 +53,7 @@ class ToolOutcome:
     content: str
     is_error: bool
     duration_ms: float
+    images: tuple[ToolImage, ...] = ()
 
 
 @dataclass
@@ -62,7 +88,7 @@ class Tool(Protocol):
     needs_approval: bool
     timeout: float | None
 
-    async def run(self, input: dict[str, Any], ctx: ToolContext) -> str: ...
+    async def run(self, input: dict[str, Any], ctx: ToolContext) -> str | ToolOutput: ...
 
 
 def describe_input(

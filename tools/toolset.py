@@ -10,7 +10,7 @@ import anyio
 
 from .approval import Approver
 from .errors import ToolError
-from .interface import Tool, ToolCall, ToolContext, ToolOutcome
+from .interface import Tool, ToolCall, ToolContext, ToolOutcome, ToolOutput
 
 __all__ = ["Toolset"]
 
@@ -102,8 +102,12 @@ class Toolset:
         approver: Approver,
         on_start: Callable[[ToolCall], None] | None,
     ) -> ToolOutcome:
-        def outcome(content: str, is_error: bool, started: float | None = None) -> ToolOutcome:
+        def outcome(
+            content: str | ToolOutput, is_error: bool, started: float | None = None
+        ) -> ToolOutcome:
             duration = 0.0 if started is None else (time.perf_counter() - started) * 1000
+            if isinstance(content, ToolOutput):
+                return ToolOutcome(call.id, content.text, is_error, duration, content.images)
             return ToolOutcome(call.id, content, is_error, duration)
 
         found = self.get(call.name)
@@ -118,7 +122,7 @@ class Toolset:
             on_start(call)
         limit = found.timeout if found.timeout is not None else ctx.default_timeout
         started = time.perf_counter()
-        content: str | None = None
+        content: str | ToolOutput | None = None
         try:
             with anyio.CancelScope(deadline=anyio.current_time() + limit):
                 content = await found.run(dict(call.input), ctx)

@@ -248,7 +248,8 @@ def _preview(message: Message, tool_names: dict[str, str], width: int = 90) -> s
         elif isinstance(block, ToolResultBlock):
             name = tool_names.get(block.tool_use_id, "tool")
             error = " error" if block.is_error else ""
-            parts.append(f"{name} result{error} {len(block.content):,} chars")
+            images = f" + {len(block.images)} image(s)" if block.images else ""
+            parts.append(f"{name} result{error} {len(block.content):,} chars{images}")
     text = " + ".join(parts) or "(empty)"
     return text if len(text) <= width else text[: width - 1] + "…"
 

@@ -79,6 +79,16 @@ def _block_to_wire(block: ContentBlock) -> dict[str, Any]:
             "tool_use_id": block.tool_use_id,
             "content": block.content or "(no output)",
         }
+        if block.images:
+            # A list of text and image blocks; the API rejects an empty text block.
+            text = [{"type": "text", "text": block.content}] if block.content.strip() else []
+            wire["content"] = text + [
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": i.media_type, "data": i.data},
+                }
+                for i in block.images
+            ]
         if block.is_error:
             wire["is_error"] = True
         return wire

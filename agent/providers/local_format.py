@@ -287,7 +287,8 @@ def _shown_result(block: ToolResultBlock, tool: str) -> str:
     text = block.content
     if tool == "read_file" and not block.is_error:
         text = _LINE_NUMBER.sub("", text)
-    return _sanitize(_trim(text))
+    # The model cannot see images: it reads one line for each.
+    return _sanitize("\n".join([_trim(text), *(i.placeholder() for i in block.images)]))
 
 
 def _render_user(message: Message, tools_of: dict[str, str]) -> str:

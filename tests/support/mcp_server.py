@@ -3,7 +3,8 @@
     python mcp_server.py [stdio | http PORT]
 
 Its tools: `add` (a result), `fail` (an error result), `note` (keeps a list in the
-process), `crash` (the process dies mid-call) and `picture` (an image result). When
+process), `crash` (the process dies mid-call), `slow`, `picture` (an image result), `chart`
+(a text and an image) and `bitmap` (an image the Messages API does not take). When
 MCP_TEST_PID_FILE is set, the server writes its pid there on start.
 """
 
@@ -65,6 +66,18 @@ def slow(seconds: float) -> str:
 def picture() -> Image:
     """A tiny PNG image."""
     return Image(data=PNG, format="png")
+
+
+@server.tool()
+def chart(title: str) -> list[str | Image]:
+    """A chart: a caption, then the image."""
+    return [f"Chart: {title}", Image(data=PNG, format="png")]
+
+
+@server.tool()
+def bitmap() -> Image:
+    """An image in a format the Messages API does not take (BMP)."""
+    return Image(data=b"BM" + bytes(60), format="bmp")
 
 
 if __name__ == "__main__":

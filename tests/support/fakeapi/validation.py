@@ -6,6 +6,8 @@ reported; texts for plain schema errors imitate the API's pydantic-style message
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,7 +322,9 @@ def _check_block(where: str, block: Any, *, role: str) -> None:
         _check_thinking_block(where, block)
     elif kind == "redacted_thinking" and not isinstance(block.get("data"), str):
         raise _Invalid(f"{where}.data: Field required")
-    elif kind in ("image", "document") and not isinstance(block.get("source"), dict):
+    elif kind == "image":
+        _check_image(f"{where}.image", block)
+    elif kind == "document" and not isinstance(block.get("source"), dict):
         raise _Invalid(f"{where}.source: Field required")
 
 
@@ -367,6 +371,55 @@ def _check_tool_result(where: str, block: dict[str, Any]) -> None:
         _check_cache_control(path, inner)
         if inner["type"] == "text":
             _check_text(path, inner, where="messages")
+        elif inner["type"] == "image":
+            _check_image(f"{path}.image", inner)
+
+
+# The image types the API takes, and how each file begins.
+_IMAGE_MAGIC = {
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+_IMAGE_MAX_BYTES = 5 * 1024 * 1024
+
+
+def _check_image(where: str, block: dict[str, Any]) -> None:
+    """An image block's source, as the API checks it: base64 (a known type whose data is
+    that type) or a URL."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _Invalid(f"{where}.source: Field required")
+    kind = source.get("type")
+    if kind == "url":
+        _check_extra(f"{where}.source.url", source, {"type", "url"})
+        if not isinstance(source.get("url"), str):
+            raise _Invalid(f"{where}.source.url.url: Field required")
+        return
+    if kind != "base64":
+        raise _Invalid(
+            f"{where}.source.type: Input tag '{kind}' found using 'type' does not match any of "
+            "the expected tags: 'base64', 'url'"
+        )
+    _check_extra(f"{where}.source.base64", source, {"type", "media_type", "data"})
+    media_type = source.get("media_type")
+    if media_type not in _IMAGE_MAGIC:
+        raise _Invalid(
+            f"{where}.source.base64.media_type: Input should be 'image/jpeg', 'image/png', "
+            "'image/gif' or 'image/webp'"
+        )
+    data = source.get("data")
+    if not isinstance(data, str):
+        raise _Invalid(f"{where}.source.base64.data: Field required")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Invalid(f"{where}.source.base64.data: invalid base64 data") from None
+    if len(raw) > _IMAGE_MAX_BYTES:
+        raise _Invalid(f"{where}.source.base64: image exceeds 5 MB maximum")
+    if not raw.startswith(_IMAGE_MAGIC[media_type]):
+        raise _Invalid(f"{where}.source.base64: Image does not match the provided media type")
 
 
 def _check_thinking_block(where: str, block: dict[str, Any]) -> None:
