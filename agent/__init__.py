@@ -21,6 +21,7 @@ from tidemark.errors import (
 from tidemark.events import EVENT_KEYS, EventLog, EventSubscriber
 from tidemark.loop import Agent, Outcome, RunResult
 from tidemark.messages import (
+    ImageBlock,
     Message,
     TextBlock,
     ThinkingBlock,
@@ -32,7 +33,7 @@ from tidemark.model import Model, ModelRequest, ModelResponse, StopReason, ToolS
 from tidemark.providers.anthropic import AnthropicModel
 from tidemark.providers.local import LocalModel
 from tidemark.testing import ScriptedModel
-from tidemark.tools import Tool, ToolContext, ToolError, Toolset, tool
+from tidemark.tools import Tool, ToolContext, ToolError, ToolImage, ToolOutput, Toolset, tool
 
 __all__ = [
     "EVENT_KEYS",
@@ -42,6 +43,7 @@ __all__ = [
     "ContextTooLongError",
     "EventLog",
     "EventSubscriber",
+    "ImageBlock",
     "LocalModel",
     "Message",
     "Model",
@@ -62,6 +64,8 @@ __all__ = [
     "Tool",
     "ToolContext",
     "ToolError",
+    "ToolImage",
+    "ToolOutput",
     "ToolResultBlock",
     "ToolSpec",
     "ToolUseBlock",
