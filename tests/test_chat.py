@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -213,3 +214,60 @@ def test_chat_without_a_terminal_says_so(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert re.fullmatch(r"tidemark: error: tidemark chat needs a terminal.*\n", done.stderr)
+
+
+def test_a_chat_calls_a_config_files_mcp_server_and_compacts_by_itself_without_a_summary(
+    tmp_path: Path,
+) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / ".tidemark").mkdir(parents=True)
+    server = ROOT / "tests" / "support" / "mcp_server.py"
+    (workspace / ".tidemark" / "config.toml").write_text(
+        f"[mcp_servers.notes]\ncommand = {json.dumps(sys.executable)}\n"
+        f"args = [{json.dumps(str(server))}]\ntrusted = true\n"
+    )
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        (workspace / f"{name}.txt").write_text(f"notes {name}: " + "a long line of notes\n" * 600)
+    turns: list[Reply] = []
+    for name in names:
+        turns += [tool_calls(("read_file", {"path": f"{name}.txt"})), text(f"Read {name}.")]
+    turns += [tool_calls(("mcp__notes__add", {"a": 2, "b": 3})), text("The sum is 5.")]
+    script = Script(turns, memory=lambda request: memory_reply(request, output_tokens=5))
+    with FakeMessagesAPI(script) as api:
+        child = _spawn(
+            workspace,
+            api,
+            *("--context-window", "30000", "--compact-at", "12000"),
+            *("--memory-init-tokens", "0", "--memory-update-tokens", "0"),
+        )
+        try:
+            _prompt(child)
+            for k, name in enumerate(names, start=1):
+                _send(child, f"Read {name}.txt")
+                _expect(child, f"Read {name}.")
+                _prompt(child)
+                # The memory catches up while the prompt waits (the user's think time).
+                _wait_for(lambda k=k: len(api.requests_for("session-memory")) >= k, "an update")
+            _send(child, "Add 2 and 3 with the notes server")
+            _expect(child, "> mcp__notes__add")
+            _expect(child, "The sum is 5.")
+            _prompt(child)
+            child.sendeof()
+            child.expect(pexpect.EOF)
+            child.close()
+            assert child.exitstatus == 0
+        finally:
+            if child.isalive():
+                child.terminate(force=True)
+        assert api.invalid_requests == []
+        assert api.requests_for("compact") == []  # never a blocking summary
+        turns_sent = api.requests_for("turn")
+    (folder,) = (workspace / ".tidemark" / "sessions").iterdir()
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    compactions = [e for e in events if e["event"] == "compaction"]
+    assert compactions, "the chat never compacted"
+    assert {c["strategy"] for c in compactions} <= {"session_memory", "tool_result_clearing"}
+    # The MCP server's answer reached the model.
+    last = turns_sent[-1].body["messages"][-1]["content"]
+    assert [b["content"] for b in last if b["type"] == "tool_result"] == ["5"]

@@ -90,6 +90,11 @@ def test_a_fault_that_outlasts_the_retries_exits_1_with_one_line_and_resume_cont
     assert len(errors) == 1, done.stderr
     assert errors[0].startswith("tidemark: error:") and "tidemark resume" in errors[0]
     assert attempts == 5 if fault == "529 overloaded" else attempts == 4
+    # The event says what the command exited with (it once said interrupted, 130).
+    (folder,) = (tmp_path / ".tidemark" / "sessions").iterdir()
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    finished = [e for e in events if e["event"] == "session_finished"]
+    assert [(e["outcome"], e["exit_code"]) for e in finished] == [("failed", 1), ("finished", 0)]
     assert resumed.returncode == 0, resumed.stderr
     assert "The answer is 42." in resumed.stdout
     assert api.invalid_requests == []
