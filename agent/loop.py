@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, cast
 
 import anyio
 
+from tidemark.compactor import DEFAULT_STRATEGIES, Strategy
 from tidemark.config import Settings
 from tidemark.errors import (
     ContextTooLongError,
@@ -85,8 +86,13 @@ class Agent:
         approver: Approver | None = None,
         on_event: EventSubscriber | None = None,
         on_text: TextSink | None = None,
+        compaction: Sequence[Strategy] = DEFAULT_STRATEGIES,
     ) -> None:
+        """`compaction`: the strategies compaction tries, in order (default: the contract's
+        ladder); ``("full_summary",)`` is the classic blocking summary, ``()`` never
+        compacts. Memory updates run only with ``"session_memory"``."""
         self.model = model
+        self.compaction = tuple(compaction)
         self.on_text = on_text  # receives the agent's reply text as it streams
         # The model says what it needs (its window, its recommended settings); what the
         # caller set explicitly wins.
@@ -108,12 +114,9 @@ class Agent:
         """
         self._cancel_cause = cause
 
-    # The class each run's session is made of (a subclass can change how it compacts).
-    session_class: type[Session] = Session
-
     def _session(self, paths: SessionPaths, resumed: bool) -> Session:
         specs = [ToolSpec.model_validate(s) for s in self.toolset.specs()]
-        return self.session_class(
+        return Session(
             paths=paths,
             model=self.model,
             settings=self.settings,
@@ -122,6 +125,7 @@ class Agent:
             tools=specs,
             subscribers=[self.on_event] if self.on_event else [],
             restored=load_transcript(paths.transcript) if resumed else None,
+            strategies=self.compaction,
         )
 
     async def run(
@@ -272,66 +276,63 @@ class Agent:
         first = session.turns + 1  # a conversation numbers its turns across messages
         for turn in range(first, first + self.settings.max_turns):
             session.turns = turn
-            await session.compact_if_needed()
-            # After compaction, so an update's snapshot is the context the next turn sends
-            # (the same cached prefix, and never larger than the window).
-            session.schedule_update()
-            session.events.emit(
-                "turn_started",
-                turn=turn,
-                context_tokens=session.context_tokens(),
-                threshold=self.settings.compaction_threshold,
-                memory_lag_tokens=None
-                if session.updater.document.is_empty
-                else session.memory_lag_tokens(),
-            )
+            await self._prepare(session, turn)
             started = anyio.current_time()
             # A small model that has not acted yet is made to call a tool.
-            must_act = self.nudge_without_action and not acted
-            try:
-                response = await self.model.generate(
-                    session.request(self.settings.max_output_tokens, must_act=must_act),
-                    self.on_text,
-                )
-            except ContextTooLongError:
-                await session.compact_if_needed(force=True)
-                response = await self.model.generate(
-                    session.request(self.settings.max_output_tokens), self.on_text
-                )
-            # The API rejects whitespace-only text blocks: never keep one in the transcript.
-            content = [
-                b for b in response.content if not (isinstance(b, TextBlock) and not b.text.strip())
-            ]
-            if not any(isinstance(b, TextBlock | ToolUseBlock) for b in content):
+            response = await self._ask(session, must_act=self.nudge_without_action and not acted)
+            reply = _kept_reply(response)
+            if reply is None:
                 # Nothing to keep (the API rejects an empty assistant turn) and no answer:
                 # the context still ends with the user's side, so a resume asks again.
                 self._turn_finished(session, turn, response, started)
                 return "empty_reply"
-            reply = Message(
-                role="assistant",
-                origin="model",
-                content=content,
-                usage=response.usage,
-                stop_reason=response.stop_reason,
-            )
             session.add(reply)
             session.note_usage(response.usage)
             self._turn_finished(session, turn, response, started)
-            uses = reply.tool_uses
-            if uses:
+            step = next_step(reply, nudge=self.nudge_without_action and not acted and not nudged)
+            if step == "run_tools":
                 acted = True
-                results = await tool_turns.run(session, uses)
+                results = await tool_turns.run(session, reply.tool_uses)
                 session.add(Message(role="user", origin="tools", content=list(results)))
                 if tool_turns.blocked_turns >= 2:  # told once already, and still repeating
                     return "repeated_calls"
-            elif response.stop_reason == "max_tokens":
+            elif step == "cut_off":
                 session.add(Message.user_text(CUT_OFF, origin="runtime"))
-            elif self.nudge_without_action and not acted and not nudged:
+            elif step == "nudge":
                 nudged = True
                 session.add(Message.user_text(NUDGE, origin="runtime"))
             else:
                 return "finished"
         return "turn_limit"
+
+    async def _prepare(self, session: Session, turn: int) -> None:
+        """Before a turn: compact if needed, start a due memory update, say the turn began."""
+        await session.compact_if_needed()
+        # After compaction, so an update's snapshot is the context the next turn sends
+        # (the same cached prefix, and never larger than the window).
+        session.schedule_update()
+        session.events.emit(
+            "turn_started",
+            turn=turn,
+            context_tokens=session.context_tokens(),
+            threshold=self.settings.compaction_threshold,
+            memory_lag_tokens=None
+            if session.updater.document.is_empty
+            else session.memory_lag_tokens(),
+        )
+
+    async def _ask(self, session: Session, *, must_act: bool) -> ModelResponse:
+        """The model's reply to the context; a window overflow compacts and asks once more."""
+        try:
+            return await self.model.generate(
+                session.request(self.settings.max_output_tokens, must_act=must_act),
+                self.on_text,
+            )
+        except ContextTooLongError:
+            await session.compact_if_needed(force=True)
+            return await self.model.generate(
+                session.request(self.settings.max_output_tokens), self.on_text
+            )
 
     @staticmethod
     def _turn_finished(
@@ -348,6 +349,36 @@ class Agent:
             cache_creation_input_tokens=response.usage.cache_creation_input_tokens,
             context_tokens=session.context_tokens(),
         )
+
+
+Step = Literal["run_tools", "cut_off", "nudge", "finished"]
+
+
+def next_step(reply: Message, *, nudge: bool) -> Step:
+    """What comes after a kept reply: run its tool calls, continue a reply cut off at the
+    output limit, nudge a model that answered before acting (`nudge`), or finish."""
+    if reply.tool_uses:
+        return "run_tools"
+    if reply.stop_reason == "max_tokens":
+        return "cut_off"
+    return "nudge" if nudge else "finished"
+
+
+def _kept_reply(response: ModelResponse) -> Message | None:
+    """The reply as a transcript message, or None when it holds nothing to keep.
+
+    The API rejects whitespace-only text blocks: never keep one in the transcript.
+    """
+    content = [b for b in response.content if not (isinstance(b, TextBlock) and not b.text.strip())]
+    if not any(isinstance(b, TextBlock | ToolUseBlock) for b in content):
+        return None
+    return Message(
+        role="assistant",
+        origin="model",
+        content=content,
+        usage=response.usage,
+        stop_reason=response.stop_reason,
+    )
 
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -158,6 +158,15 @@ class Usage(BaseModel):
     def total_input_tokens(self) -> int:
         return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
+    def event_keys(self) -> dict[str, int]:
+        """As event keys (``input_tokens`` includes the cached parts)."""
+        return {
+            "input_tokens": self.total_input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+        }
+
 
 class Message(BaseModel):
     """One transcript entry. ``id`` is stable for the whole life of the session."""

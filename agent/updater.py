@@ -275,13 +275,7 @@ class MemoryUpdater:
             tool_choice="auto",
         )
         response = await self.model.generate(request)
-        u = response.usage
-        self._usage = {
-            "input_tokens": u.total_input_tokens,
-            "output_tokens": u.output_tokens,
-            "cache_read_input_tokens": u.cache_read_input_tokens,
-            "cache_creation_input_tokens": u.cache_creation_input_tokens,
-        }
+        self._usage = response.usage.event_keys()
         reply = response.text
         if response.stop_reason == "tool_use" and not reply.strip():
             raise MemoryUpdateError("the update called a tool instead of writing the memory")

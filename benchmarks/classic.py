@@ -2,12 +2,13 @@
 
 Run as ``python -m benchmarks.classic {none|blocking} URL WORKSPACE OUT.json [options]``,
 one process per session (like a user's agent). The real `Agent`, `Session`, provider and
-tools run unchanged except for two documented overrides:
+tools run unchanged; only the compaction strategies passed to `Agent` differ:
 
-- ``blocking``: the instant ladder is switched off (`_instant` returns None) and no
-  background memory is kept, so every compaction is `agent.compaction.full_summary`, a
-  blocking ``compact`` request: summarize everything when full, the classic way.
-- ``none``: nothing is ever compacted; the run ends when the window overflows.
+- ``blocking``: ``compaction=("full_summary",)``: no instant strategy, so no background
+  memory is kept, and when the window is full the compaction is `full_summary`, a blocking
+  ``compact`` request: summarize everything when full, the classic way.
+- ``none``: ``compaction=()``: nothing is ever compacted; the run ends when the window
+  overflows.
 
 Events go to the session's ``events.jsonl`` as in any tidemark run.
 """
@@ -23,40 +24,13 @@ from typing import Any
 import anyio
 import structlog
 
-from tidemark.compaction import CompactionBudget, CompactionResult
+from tidemark.compactor import Strategy
 from tidemark.config import Settings
 from tidemark.errors import TidemarkError
 from tidemark.loop import Agent
 from tidemark.providers.anthropic import AnthropicModel
-from tidemark.session import Session
 
 TASK = "Fix the restock bug in the inventory service; the test is test_stock.py."
-
-
-class BlockingSession(Session):
-    """Compaction always asks the model for a full summary; no background memory."""
-
-    def schedule_update(self) -> None:
-        return None
-
-    def _instant(self, budget: CompactionBudget, *, force: bool = False) -> CompactionResult | None:
-        return None
-
-
-class UncompactedSession(Session):
-    """The context only grows."""
-
-    def schedule_update(self) -> None:
-        return None
-
-    async def compact_if_needed(self, *, force: bool = False) -> CompactionResult | None:
-        return None
-
-
-class ClassicAgent(Agent):
-    """The real agent, with the session class of the strategy."""
-
-    session_class: type[Session] = BlockingSession
 
 
 async def _main(args: argparse.Namespace) -> dict[str, object]:
@@ -68,8 +42,10 @@ async def _main(args: argparse.Namespace) -> dict[str, object]:
         auto_approve=True,
     )
     model = AnthropicModel(context_window=args.context_window, base_url=args.url, api_key="bench")
-    agent = ClassicAgent(model, settings=settings)
-    agent.session_class = BlockingSession if args.strategy == "blocking" else UncompactedSession
+    # Blocking: no memory; when the window is full, a blocking full summary. None: the
+    # context only grows.
+    strategies: tuple[Strategy, ...] = ("full_summary",) if args.strategy == "blocking" else ()
+    agent = Agent(model, settings=settings, compaction=strategies)
     try:
         result = await agent.run(TASK)
         return {"outcome": result.outcome, "turns": result.turns, "error": None}

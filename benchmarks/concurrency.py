@@ -64,9 +64,7 @@ def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
     files: list[str] = []
     for i in range(n):
         files = write_repository(root / f"s{i:03d}", params.files, params.lines_per_file)
-    script = StepScript(
-        LongSession(files, reads=params.scale_reads), memory_tokens=params.memory_tokens
-    )
+    script = StepScript(LongSession(files, reads=params.scale_reads))
     latency = latency_model(params, params.scale_time_scale)
     out = workdir / f"scale-{n}.json"
     window = params.scale_compact_at * 2
@@ -207,9 +205,7 @@ def run_ray_batch(
     files: list[str] = []
     for i in range(tasks):
         files = write_repository(root / f"s{i:03d}", params.files, params.lines_per_file)
-    script = StepScript(
-        LongSession(files, reads=params.scale_reads), memory_tokens=params.memory_tokens
-    )
+    script = StepScript(LongSession(files, reads=params.scale_reads))
     latency = latency_model(params, params.scale_time_scale)
     out = workdir / f"ray-{tasks}.json"
     window = params.scale_compact_at * 2

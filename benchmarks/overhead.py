@@ -136,11 +136,12 @@ def _row(root: Path, n: int) -> OverheadRow:
     session.updater.document = MemoryDocument(
         sections={h: f"notes on {h}" for h in HEADINGS}, covers_message_id=covers.id, update=1
     )
-    ms["compaction plan (at threshold)"] = _median_ms(lambda: session._instant(session.budget()))  # pyright: ignore[reportPrivateUsage]
-    anchor = session._anchor  # pyright: ignore[reportPrivateUsage]
-    session._anchor = None  # pyright: ignore[reportPrivateUsage]
+    ms["compaction plan (at threshold)"] = _median_ms(
+        lambda: session.compactor.instant(session.context, session.budget())
+    )
+    # Just after a compaction no usage anchors the size: the whole context is estimated.
+    session.meter.forget()
     ms["context size, just after compaction"] = _median_ms(session.context_tokens)
-    session._anchor = anchor  # pyright: ignore[reportPrivateUsage]
     session.close()
     return OverheadRow(n, ms)
 

@@ -1,0 +1,158 @@
+"""Deciding and committing nothing: which compaction to make, from a sequence of strategies.
+
+The contract's ladder is the default: ``session_memory`` (the memory replaces what it
+covers), ``tool_result_clearing`` (tombstones and stubs before any memory exists), then
+``full_summary`` (a blocking model call, only when nothing instant fits the window). A
+caller or a benchmark passes another sequence: ``("full_summary",)`` is the classic blocking
+summary, ``()`` never compacts. Memory updates run only when ``session_memory`` is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from tidemark.compaction import (
+    CompactionBudget,
+    CompactionResult,
+    UnusableSummaryError,
+    clear_tool_results,
+    compact_with_memory,
+    full_summary,
+    reaches_target,
+)
+from tidemark.config import Settings
+from tidemark.errors import ModelError
+from tidemark.events import EventLog
+from tidemark.memory import RuntimeRecord
+from tidemark.messages import Message
+from tidemark.model import Model, ToolSpec
+from tidemark.token_meter import TokenMeter
+from tidemark.transcript_index import TranscriptIndex
+from tidemark.updater import MemoryUpdater
+
+__all__ = ["DEFAULT_STRATEGIES", "MIN_TURNS_BETWEEN", "Compactor", "Strategy"]
+
+Strategy = Literal["session_memory", "tool_result_clearing", "full_summary"]
+DEFAULT_STRATEGIES: tuple[Strategy, ...] = (
+    "session_memory",
+    "tool_result_clearing",
+    "full_summary",
+)
+
+# Turns between two compactions while the request still fits the window: each compaction
+# rewrites the prompt cache, so one must buy many turns.
+MIN_TURNS_BETWEEN = 3
+
+
+@dataclass
+class Compactor:
+    settings: Settings
+    index: TranscriptIndex
+    meter: TokenMeter
+    updater: MemoryUpdater
+    record: RuntimeRecord
+    events: EventLog
+    model: Model
+    system: str
+    tools: Sequence[ToolSpec]
+    strategies: Sequence[Strategy] = DEFAULT_STRATEGIES
+
+    @property
+    def uses_memory(self) -> bool:
+        return "session_memory" in self.strategies
+
+    def due(self, pre: int, *, turns_since: int | None, force: bool) -> bool:
+        """Whether to compact now: over the threshold, and not right after the last one
+        while the request still fits the window (`force`: the window rejected it)."""
+        if force:
+            return bool(self.strategies)
+        if not self.strategies or pre <= self.settings.compaction_threshold:
+            return False
+        recent = turns_since is not None and turns_since < MIN_TURNS_BETWEEN
+        return not (recent and self.fits_window(pre))
+
+    def fits_window(self, tokens: int) -> bool:
+        return tokens <= self.settings.context_window - self.settings.max_output_tokens
+
+    async def compact(
+        self, context: Sequence[Message], pre: int, *, force: bool
+    ) -> tuple[CompactionResult | None, float]:
+        """The compaction to commit (or None) and the ms waited for an update in flight."""
+        waited = 0.0
+        if self.uses_memory:
+            waited = await self.updater.wait_idle(self.settings.compaction_wait_ms / 1000)
+        self.meter.calibrate(context)
+        budget = self.meter.budget(self.settings)
+        result = self.instant(context, budget, force=force)
+        if result is None and self.fits_window(pre) and not force:
+            return None, waited  # nothing reaches the target and the request still fits: wait
+        if result is None and "full_summary" in self.strategies:
+            result = await self._blocking(context, budget)
+        return result, waited
+
+    def instant(
+        self, context: Sequence[Message], budget: CompactionBudget, *, force: bool = False
+    ) -> CompactionResult | None:
+        """The best instant compaction that may be committed, or None."""
+        ceiling = int(self.settings.compaction_threshold / self.meter.calibration)
+        candidates: list[CompactionResult] = []
+        document = self.updater.document
+        index = self.index
+        if (
+            "session_memory" in self.strategies
+            and not document.is_empty
+            and document.covers_message_id in index.positions
+        ):
+            result = compact_with_memory(
+                context,
+                index.messages,
+                index.positions,
+                memory_text=document.render(self.record),
+                covers_message_id=document.covers_message_id or "",
+                counter=self.meter.counter,
+                budget=budget,
+            )
+            if result is not None:
+                if result.post_tokens <= budget.target:
+                    return result
+                candidates.append(result)
+        if "tool_result_clearing" in self.strategies:
+            candidates.append(
+                clear_tool_results(context, counter=self.meter.counter, budget=budget)
+            )
+        fitting = [r for r in candidates if r.post_tokens <= budget.limit]
+        if force:
+            # The window rejected the request: anything that frees tokens and fits will do.
+            current = self.meter.preamble_tokens + self.meter.counter.messages(context)
+            fitting = [r for r in fitting if r.post_tokens < current]
+        else:
+            fitting = [r for r in fitting if reaches_target(r, budget, ceiling)]
+        return min(fitting, key=lambda r: r.post_tokens, default=None)
+
+    async def _blocking(
+        self, context: Sequence[Message], budget: CompactionBudget
+    ) -> CompactionResult | None:
+        self.events.emit(
+            "notice",
+            text="compacting: no session memory fits; asking the model for a full summary "
+            "(this blocks)",
+        )
+        try:
+            return await full_summary(
+                context,
+                self.index.messages,
+                self.index.positions,
+                model=self.model,
+                system=self.system,
+                tools=self.tools,
+                max_tokens=self.settings.memory_update_output_tokens,
+                counter=self.meter.counter,
+                budget=budget,
+            )
+        except ModelError as exc:
+            # A summary that came back unusable was still paid for: its usage goes along.
+            usage = exc.usage.event_keys() if isinstance(exc, UnusableSummaryError) else {}
+            self.events.emit("compaction_failed", strategy="full_summary", error=str(exc), **usage)
+            return None
