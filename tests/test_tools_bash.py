@@ -151,12 +151,24 @@ async def test_cancelling_a_call_kills_its_process_group_and_propagates(tmp_path
 
         tg.start_soon(run)
         background = int(await wait_for_file(tmp_path / "bg.pid"))
-        [recorded] = json.loads(registry.read_text())["groups"]
+        # The group is recorded once the supervisor runs (the command may be quicker).
+        [recorded] = await _recorded_groups(registry)
         assert recorded["pgid"] == pgid_of(background)
         tg.cancel_scope.cancel()
     assert not finished
     assert wait_until(lambda: not running(background))
     assert json.loads(registry.read_text())["groups"] == []
+
+
+async def _recorded_groups(registry: Path, seconds: float = 10.0) -> list[dict[str, Any]]:
+    file = anyio.Path(registry)
+    with anyio.fail_after(seconds):
+        while True:
+            if await file.exists():
+                groups: list[dict[str, Any]] = json.loads(await file.read_text())["groups"]
+                if groups:
+                    return groups
+            await anyio.sleep(0.01)
 
 
 async def test_a_finished_call_leaves_the_process_registry_empty(tmp_path: Path) -> None:
