@@ -7,7 +7,17 @@ from typing import Literal, Optional
 
 import pytest
 
-from tidemark.tools import FunctionTool, ToolContext, ToolError, tool
+from tidemark.tools import (
+    AutoApprover,
+    FunctionTool,
+    ToolCall,
+    ToolContext,
+    ToolError,
+    ToolImage,
+    ToolOutput,
+    Toolset,
+    tool,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -179,3 +189,20 @@ def test_variadic_parameters_are_refused_at_definition() -> None:
 async def test_null_for_an_input_with_a_default_means_the_default(tmp_path: Path) -> None:
     result = await tool(_documented).run({"path": "a", "count": None}, ToolContext(tmp_path))
     assert result == "a fast 3 None None"
+
+
+async def test_a_tool_may_return_text_and_images_which_reach_the_outcome(tmp_path: Path) -> None:
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgAAACAAFUok9dAAAAAElFTkSuQmCC"
+
+    @tool(read_only=True)
+    def plot() -> ToolOutput:
+        """Plot the data."""
+        return ToolOutput("The plot:", (ToolImage("image/png", png),))
+
+    (outcome,) = await Toolset([plot]).execute(
+        [ToolCall(id="toolu_1", name="plot", input={})],
+        ToolContext(workspace=tmp_path),
+        AutoApprover(),
+    )
+    assert (outcome.content, outcome.is_error) == ("The plot:", False)
+    assert outcome.images == (ToolImage("image/png", png),)

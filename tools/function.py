@@ -14,7 +14,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ToolError
-from .interface import ToolContext
+from .interface import ToolContext, ToolOutput
 
 __all__ = ["FunctionTool", "tool"]
 
@@ -62,7 +62,7 @@ class FunctionTool:
     def __repr__(self) -> str:
         return f"FunctionTool({self.name!r})"
 
-    async def run(self, input: dict[str, Any], ctx: ToolContext) -> str:
+    async def run(self, input: dict[str, Any], ctx: ToolContext) -> str | ToolOutput:
         # Small models often send null for an input they mean to leave out.
         input = {k: v for k, v in input.items() if v is not None or k not in self._defaults}
         try:
@@ -76,6 +76,8 @@ class FunctionTool:
         else:
             call = functools.partial(self.fn, **kwargs)
             result = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        if isinstance(result, ToolOutput):
+            return result  # text and images, passed on as they are
         return render_result(result)
 
 
