@@ -666,17 +666,18 @@ def test_a_how_many_question_is_answered_only_after_a_command_ran() -> None:
     assert "Count with one bash command" in (reminder([ask, *_turn(read)]) or "")
     counted = [ask, *_turn(read), *_turn(BASH_CALL)]
     assert "answer" in [t.name for t in callable_tools(tools, counted)]
-    failed = ToolUseBlock(id="t8", name="bash", input={"command": "wc -l ,"})
-    broken = [
+    # pytest exits 1 when tests fail: its output is still the count.
+    pytest = ToolUseBlock(id="t8", name="bash", input={"command": "python -m pytest -q"})
+    failing = [
         ask,
-        Message(role="assistant", origin="model", content=[failed]),
+        Message(role="assistant", origin="model", content=[pytest]),
         Message(
             role="user",
             origin="tools",
-            content=[ToolResultBlock(tool_use_id="t8", content="wc: invalid\n[exit code: 1]")],
+            content=[ToolResultBlock(tool_use_id="t8", content="2 failed\n[exit code: 1]")],
         ),
     ]
-    assert "answer" not in [t.name for t in callable_tools(tools, broken)]
+    assert "answer" in [t.name for t in callable_tools(tools, failing)]
     rename = Message.user_text("In words.py, rename the variable cnt to count.")
     assert "Count with one bash command" not in (reminder([rename, *_turn(read)]) or "")
 
