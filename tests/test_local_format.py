@@ -706,3 +706,20 @@ def test_an_image_in_a_tool_result_reaches_the_local_model_as_a_placeholder_line
     prompt = render_prompt("system", messages)
     assert "<tool_response>\nChart: sales\n[image: image/png, 12 KB]\n</tool_response>" in prompt
     assert data not in prompt
+
+
+def test_before_a_read_write_file_only_creates_a_file_the_task_asks_for() -> None:
+    write = ToolSpec(
+        name="write_file",
+        description="Write a file.",
+        input_schema={
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"],
+        },
+    )
+    tools = [*TOOLS, EDIT_FILE, write, BASH]
+    fix = [t.name for t in callable_tools(tools, [Message.user_text("Fix the typo in a.py")])]
+    assert "write_file" not in fix and "edit_file" not in fix
+    create = callable_tools(tools, [Message.user_text("Create a file hello.txt with hi")])
+    assert "write_file" in [t.name for t in create]

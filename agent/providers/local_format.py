@@ -101,6 +101,7 @@ REMINDER_TO_CHANGE = (
 )
 # No example command here: a small model runs an example verbatim.
 REMINDER_TO_COUNT = "Task: {task}\nCount with one bash command, then answer with the number."
+_CREATES = re.compile(r"\b(?:create|new file|add a file|write a file)\b", re.IGNORECASE)
 _HOW_MANY = re.compile(r"\bhow many\b", re.IGNORECASE)
 REMINDER_CHANGED = (
     "Task: {task}\nA file was changed. If the task is done, call answer saying what you "
@@ -507,7 +508,9 @@ def callable_tools(
     if is_question(task):
         shown = [t for t in shown if t.name not in _CHANGING]
     elif not has_read(messages):
-        shown = [t for t in shown if t.name != "edit_file"]
+        # Nor overwritten: before a read, write_file only makes a file the task creates.
+        unread = {"edit_file"} if _CREATES.search(task) else _CHANGING
+        shown = [t for t in shown if t.name not in unread]
     unanswerable = (
         must_act
         or (asks_for_change(task) and not has_changed(messages))
