@@ -20,7 +20,8 @@ import pexpect
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text, tool_calls
-from tests.test_cli import _alive, _cmd, _env, _session_dir, _wait_for, tidemark
+from tests.support.runs import session_dir
+from tests.test_cli import _alive, _cmd, _env, _wait_for, tidemark
 from tidemark.memory import HEADINGS
 
 MCP_SERVER = Path(__file__).resolve().parent / "support" / "mcp_server.py"
@@ -50,7 +51,7 @@ def _stop(run: subprocess.Popen[str], signum: signal.Signals) -> tuple[str, floa
 
 
 def _records(workspace: Path) -> list[dict[str, object]]:
-    path = _session_dir(workspace) / "transcript.jsonl"
+    path = session_dir(workspace) / "transcript.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -58,7 +59,7 @@ def _assert_finished_event(workspace: Path, signum: signal.Signals) -> None:
     """The session's last event says how it ended, with the code the command exited with."""
     events = [
         json.loads(line)
-        for line in (_session_dir(workspace) / "events.jsonl").read_text().splitlines()
+        for line in (session_dir(workspace) / "events.jsonl").read_text().splitlines()
     ]
     last = events[-1]
     assert last["event"] == "session_finished"
@@ -135,7 +136,7 @@ def test_a_signal_during_a_memory_update_leaves_no_memory_file_and_a_valid_sessi
         _wait_for(lambda: len(api.requests_for("session-memory")) == 1, timeout=180)
         err, took = _stop(run, signum)
         _assert_stopped(run, err, took, signum, tmp_path)
-        folder = _session_dir(tmp_path)
+        folder = session_dir(tmp_path)
         assert not (folder / "session-memory.md").exists()
         assert not list(folder.glob(".session-memory.md.*"))  # no temp file left behind
         events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
@@ -219,7 +220,7 @@ def test_a_signal_as_a_memory_update_is_written_leaves_the_memory_whole_or_absen
             time.sleep(0.001)  # a close watch: the write follows the reply within milliseconds
         err, took = _stop(run, signum)
         _assert_stopped(run, err, took, signum, tmp_path)
-        folder = _session_dir(tmp_path)
+        folder = session_dir(tmp_path)
         assert not list(folder.glob(".session-memory.md.*"))  # no temp file left behind
         events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
         names = [e["event"] for e in events]

@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 from tests.support.fakeapi import FakeMessagesAPI, Script, text, tool_calls
-from tests.test_cli import _alive, _cmd, _env, _session_dir, _wait_for, tidemark
+from tests.support.runs import session_dir
+from tests.test_cli import _alive, _cmd, _env, _wait_for, tidemark
 from tests.test_tools_bash import ESCAPES, ESCAPING
 
 
@@ -60,7 +61,7 @@ def test_resume_ends_what_survived_a_kill_9_of_the_runtime_and_its_supervisor(
 ) -> None:
     with FakeMessagesAPI(_escaping()) as api:
         run, pids = _start(tmp_path, api)
-        registry = _session_dir(tmp_path) / "processes.json"
+        registry = session_dir(tmp_path) / "processes.json"
         [group] = json.loads(registry.read_text())["groups"]
         os.kill(group["pgid"], signal.SIGSTOP)  # the supervisor cannot act on the death...
         run.kill()

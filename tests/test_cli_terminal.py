@@ -9,7 +9,8 @@ from pathlib import Path
 import pexpect
 
 from tests.support.fakeapi import FakeMessagesAPI, Script, text, tool_calls
-from tests.test_cli import _cmd, _env, _session_dir
+from tests.support.runs import session_dir
+from tests.test_cli import _cmd, _env
 
 
 def _spawn(workspace: Path, api: FakeMessagesAPI) -> pexpect.spawn:
@@ -52,7 +53,7 @@ def test_ctrl_c_at_an_approval_prompt_exits_130_at_once_with_a_valid_transcript(
     assert not (tmp_path / "x.txt").exists()
     records = [
         json.loads(line)
-        for line in (_session_dir(tmp_path) / "transcript.jsonl").read_text().splitlines()
+        for line in (session_dir(tmp_path) / "transcript.jsonl").read_text().splitlines()
     ]
     # The call that was never approved is answered, so `resume` sends a valid request.
     last = records[-1]["message"]

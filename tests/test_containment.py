@@ -8,13 +8,13 @@ loop goes on, the run finishes as it would have, and repeated failures back off.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script
+from tests.support.runs import read_events
 from tests.support.sessions import LongSession, memory_reply, write_repository
 from tidemark import Agent, Settings
 from tidemark.model import ModelRequest, ModelResponse
@@ -38,10 +38,6 @@ def _settings(workspace: Path) -> Settings:
     )
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _session(tmp_path: Path) -> LongSession:
     return LongSession(write_repository(tmp_path, files=20, lines_per_file=120), reads=30)
 
@@ -56,7 +52,7 @@ async def _run_against(api: FakeMessagesAPI, workspace: Path) -> Any:
 
 def _assert_contained(result: Any, needle: str) -> list[dict[str, Any]]:
     """The run finished as if memory had never failed; returns the failure events."""
-    events = _events(result.paths.events)
+    events = read_events(result.paths.events)
     failed = [e for e in events if e["event"] == "memory_update_failed"]
     assert result.outcome == "finished"
     assert "restock" in result.final_text

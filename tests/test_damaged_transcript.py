@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.fakeapi import FakeMessagesAPI, Script, text, tool_calls, validate_request
-from tests.test_cli import _session_dir, tidemark
+from tests.support.runs import session_dir
+from tests.test_cli import tidemark
 from tidemark.messages import Message, TextBlock, ToolResultBlock, ToolUseBlock
 from tidemark.providers.anthropic import to_wire_messages
 from tidemark.transcript import repair_tool_pairing
@@ -36,7 +37,7 @@ def _finished_session(tmp_path: Path, api: FakeMessagesAPI) -> Path:
     )
     done = tidemark("run", "--workspace", str(tmp_path), "read both", api=api)
     assert done.returncode == 0, done.stderr
-    return _session_dir(tmp_path) / "transcript.jsonl"
+    return session_dir(tmp_path) / "transcript.jsonl"
 
 
 def _damage(transcript: Path, pick: str) -> None:

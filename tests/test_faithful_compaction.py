@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,42 +17,14 @@ import pytest
 
 from tests.support.coverage import request_strings, unseen_by_memory
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text
+from tests.support.runs import read_events, run_long_session
 from tests.support.sessions import LongSession, memory_reply, write_repository
-from tidemark import Agent, Settings
 from tidemark.messages import Message
-from tidemark.providers.anthropic import AnthropicModel
 from tidemark.transcript import load_transcript
 
 pytestmark = pytest.mark.anyio
 
 COMPACT_AT = 20_000
-
-
-def _settings(workspace: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "workspace": workspace,
-        "auto_approve": True,
-        "compact_at": COMPACT_AT,
-        "memory_init_tokens": 4_000,
-        "memory_update_tokens": 2_000,
-        "max_turns": 200,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-async def _run(api: FakeMessagesAPI, workspace: Path, **overrides: Any) -> Any:
-    model = AnthropicModel("claude-test", base_url=api.url, api_key="test")
-    try:
-        return await Agent(model, settings=_settings(workspace, **overrides)).run(
-            "Fix the restock bug. Rule: never touch test_stock.py."
-        )
-    finally:
-        await model.aclose()
-
-
-def _events(paths: Any) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in paths.events.read_text().splitlines() if line.strip()]
 
 
 def _session(tmp_path: Path, kind: str) -> LongSession:
@@ -74,7 +45,7 @@ def _slow_memory(delay_s: float) -> Any:
 
 def unseen_coverage(api: FakeMessagesAPI, result: Any) -> list[str]:
     """Content each committed update newly covers but did not receive verbatim."""
-    events = _events(result.paths)
+    events = read_events(result.paths)
     memory_requests = api.requests_for("session-memory")
     started = [e for e in events if e["event"] == "memory_update_started"]
     assert len(started) == len(memory_requests)
@@ -113,8 +84,8 @@ async def test_slow_memory_claims_only_what_it_saw_and_every_compaction_reaches_
     script = session.script()
     script.memory = _slow_memory(delay_s)
     with FakeMessagesAPI(script) as api:
-        result = await _run(api, tmp_path)
-    events = _events(result.paths)
+        result = await run_long_session(api, tmp_path)
+    events = read_events(result.paths)
     compactions = [e for e in events if e["event"] == "compaction"]
     assert result.outcome == "finished"
     assert api.invalid_requests == []
@@ -135,8 +106,8 @@ async def test_before_any_memory_exists_clearing_and_stubs_reach_the_target(
     session = _session(tmp_path, "writes")
     script = Script(session.turns(), memory=lambda _r: text("I will remember that."))
     with FakeMessagesAPI(script) as api:
-        result = await _run(api, tmp_path)
-    events = _events(result.paths)
+        result = await run_long_session(api, tmp_path)
+    events = read_events(result.paths)
     compactions = [e for e in events if e["event"] == "compaction"]
     assert not any(e["event"] == "memory_update_committed" for e in events)
     assert compactions
@@ -159,8 +130,8 @@ async def test_a_rejected_update_tells_the_next_update_request_why(tmp_path: Pat
         return memory_reply(request)
 
     with FakeMessagesAPI(Script(session.turns(), memory=memory)) as api:
-        result = await _run(api, tmp_path)
-    events = _events(result.paths)
+        result = await run_long_session(api, tmp_path)
+    events = read_events(result.paths)
     failed = [e for e in events if e["event"] == "memory_update_failed"]
     assert len(failed) == 1 and "Worklog" in failed[0]["error"]
     requests = api.requests_for("session-memory")
@@ -218,10 +189,10 @@ async def test_a_failing_command_is_the_last_error_the_memory_keeps_with_its_las
     ]
     script = Script(turns, memory=memory_reply)
     with FakeMessagesAPI(script) as api:
-        result = await _run(
+        result = await run_long_session(
             api, tmp_path, memory_init_tokens=0, memory_update_tokens=0, memory_tool_calls=1
         )
-    events = _events(result.paths)
+    events = read_events(result.paths)
     assert any(e["event"] == "memory_update_committed" for e in events)
     memory = result.paths.memory.read_text()
     kept = memory.split("## Last tool error (kept by tidemark)\n", 1)[1].split("\n# ", 1)[0]

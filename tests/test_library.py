@@ -14,6 +14,7 @@ from typing import Any, get_args
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, Script, text, tool_calls
+from tests.support.runs import read_events
 from tidemark import (
     Agent,
     ModelRequest,
@@ -149,7 +150,7 @@ async def test_a_failure_inside_the_session_reaches_the_caller_as_a_tidemark_err
     with pytest.raises(ProviderUnavailableError, match="unloaded") as caught:
         await Agent(model, settings=Settings(workspace=tmp_path)).run("read a.txt")
     assert caught.value.session_id is not None
-    events = [json.loads(line) for line in _events_file(tmp_path).read_text().splitlines()]
+    events = read_events(tmp_path)
     assert events[-1]["event"] == "session_finished"
     assert events[-1]["outcome"] == "failed" and events[-1]["exit_code"] == 2
 
@@ -229,8 +230,3 @@ def test_an_event_with_a_wrong_key_is_a_type_error(tmp_path: Path) -> None:
         check=False,
     )
     assert right.returncode == 0, right.stdout
-
-
-def _events_file(workspace: Path) -> Path:
-    (folder,) = (workspace / ".tidemark" / "sessions").iterdir()
-    return folder / "events.jsonl"

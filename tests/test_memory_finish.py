@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text, tool_calls
+from tests.support.runs import read_events, session_dir
 from tests.support.sessions import memory_reply, write_repository
 from tidemark import Agent, Settings
 from tidemark.errors import TidemarkError
@@ -49,18 +50,8 @@ def _short_session(workspace: Path, *, memory_delay_s: float, final: Reply | Non
     return Script([*turns, final or text(ANSWER)], memory=_slow_memory(memory_delay_s))
 
 
-def _session_dir(workspace: Path) -> Path:
-    (folder,) = (workspace / ".tidemark" / "sessions").iterdir()
-    return folder
-
-
-def _events(workspace: Path) -> list[dict[str, Any]]:
-    path = _session_dir(workspace) / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _transcript(workspace: Path) -> list[dict[str, Any]]:
-    path = _session_dir(workspace) / "transcript.jsonl"
+    path = session_dir(workspace) / "transcript.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -69,7 +60,7 @@ def _named(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 def _assert_complete_memory(workspace: Path) -> None:
-    memory = (_session_dir(workspace) / "session-memory.md").read_text()
+    memory = (session_dir(workspace) / "session-memory.md").read_text()
     assert [line for line in memory.splitlines() if line.startswith("# ")] == [
         f"# {h}" for h in HEADINGS
     ]
@@ -116,7 +107,7 @@ def test_a_session_shorter_than_one_update_leaves_a_complete_memory_through_the_
     assert len(updates) == 2 and all(u.finished_at is not None for u in updates)
     assert api.invalid_requests == []
     _assert_complete_memory(tmp_path)
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     assert _named(events, "memory_update_failed") == []
     assert len(_named(events, "memory_update_committed")) == 2
     last = _transcript(tmp_path)[-1]["message"]
@@ -143,11 +134,11 @@ def test_the_cli_prints_the_answer_before_the_update_commits_and_ctrl_c_skips_th
     assert "saving session memory" in err
     assert "not saved" in err
     assert "Traceback" not in err
-    folder = _session_dir(tmp_path)
+    folder = session_dir(tmp_path)
     # Skipped, not torn: no memory file, no temporary left behind, the transcript ends valid.
     assert sorted(p.name for p in folder.iterdir()) == ["events.jsonl", "transcript.jsonl"]
     assert _transcript(tmp_path)[-1]["message"]["content"][0]["text"] == ANSWER
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     assert _named(events, "memory_update_committed") == []
     assert "cancelled" in _named(events, "memory_update_failed")[0]["error"]
 
@@ -179,7 +170,7 @@ async def test_by_default_a_library_run_returns_after_the_in_flight_update_commi
     # The answer was handed over before the memory existed; the run returned after.
     assert seen == [(ANSWER, False)]
     _assert_complete_memory(tmp_path)
-    assert _named(_events(tmp_path), "memory_update_failed") == []
+    assert _named(read_events(tmp_path), "memory_update_failed") == []
 
 
 @pytest.mark.anyio
@@ -190,7 +181,7 @@ async def test_a_library_run_that_does_not_wait_cancels_the_update_at_once(
         result = await _run(api, tmp_path, wait_for_memory=False)
     assert result.outcome == "finished"
     assert not result.paths.memory.exists()
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     assert "cancelled" in _named(events, "memory_update_failed")[0]["error"]
 
 
@@ -200,7 +191,7 @@ async def test_an_error_still_cancels_the_update_at_once(tmp_path: Path) -> None
     script = _short_session(tmp_path, memory_delay_s=60, final=final)
     with FakeMessagesAPI(script) as api, pytest.raises(TidemarkError):
         await _run(api, tmp_path)
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     assert _named(events, "memory_update_committed") == []
     assert "cancelled" in _named(events, "memory_update_failed")[0]["error"]
     assert _named(events, "session_finished")[-1]["outcome"] == "failed"
@@ -214,7 +205,7 @@ async def test_the_wait_at_the_finish_is_bounded_by_the_updates_own_timeout(
         result = await _run(api, tmp_path, settings={"memory_update_timeout": 1.0})
     assert result.outcome == "finished"
     assert not result.paths.memory.exists()
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     assert _named(events, "memory_update_committed") == []
     assert "timed out after 1 s" in _named(events, "memory_update_failed")[0]["error"]
 
@@ -235,7 +226,7 @@ async def test_an_answer_without_a_tool_call_starts_the_due_update_and_it_covers
     assert answer["content"][0]["text"] == ANSWER
     # The update request held the whole session, the answer included, then its instruction.
     assert update.body["messages"][-2]["content"][0]["text"] == ANSWER
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     (started,) = _named(events, "memory_update_started")
     assert started["to_message_id"] == answer["id"]
     assert _named(events, "memory_update_committed")[0]["covers_message_id"] == answer["id"]
@@ -252,7 +243,7 @@ async def test_a_pause_inside_the_run_starts_the_due_update_before_the_next_turn
     script.default = text(ANSWER)
     with FakeMessagesAPI(script) as api:
         await _run(api, tmp_path, settings=settings, wait_for_memory=False)
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     order = [
         (e["event"], e.get("turn"))
         for e in events

@@ -8,13 +8,13 @@ tests/test_local_cli.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.llama_standin import SlowUpdates
+from tests.support.runs import read_events
 from tidemark import Agent, ConfigError, ScriptedModel, Settings
 
 pytestmark = pytest.mark.anyio
@@ -23,9 +23,7 @@ NUDGE = "You have not used any tool yet"
 
 
 def _events(workspace: Path, name: str) -> list[dict[str, Any]]:
-    (folder,) = (workspace / ".tidemark" / "sessions").iterdir()
-    records = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
-    return [r for r in records if r["event"] == name]
+    return [e for e in read_events(workspace) if e["event"] == name]
 
 
 def _answers_at_once() -> ScriptedModel:

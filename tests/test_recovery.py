@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text, tool_calls
+from tests.support.runs import read_events
 from tests.support.sessions import LongSession, memory_reply, write_repository
 from tests.test_cli import tidemark
 from tidemark import Agent, Settings
@@ -27,11 +28,6 @@ TASK = "Survey the notes and report."
 # Under the stub size (1,000 chars): no instant strategy can shorten these texts.
 _SHORT = "The notes so far point at the parser; I keep reading before changing anything. " * 11
 _STEPS = 90
-
-
-def _events(result: Any) -> list[dict[str, Any]]:
-    path: Path = result.paths.events
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 async def _run(api: FakeMessagesAPI, settings: Settings) -> Any:
@@ -72,7 +68,7 @@ async def test_the_blocking_summary_is_reached_naturally_and_replaces_the_contex
     with FakeMessagesAPI(script) as api:
         result = await _run(api, _no_memory(tmp_path))
     assert result.outcome == "finished"
-    compactions = [e for e in _events(result) if e["event"] == "compaction"]
+    compactions = [e for e in read_events(result.paths) if e["event"] == "compaction"]
     assert "full_summary" in [c["strategy"] for c in compactions]
     assert len(api.requests_for("compact")) >= 1
     after = api.requests_for("turn")[-1].body["messages"]
@@ -95,7 +91,7 @@ async def test_a_failed_blocking_summary_is_an_event_the_context_is_kept_and_the
         result = await _run(api, _no_memory(tmp_path))
     assert result.outcome == "finished"
     assert "parser is the culprit" in result.final_text
-    events = _events(result)
+    events = read_events(result.paths)
     failed = [e for e in events if e["event"] == "compaction_failed"]
     assert failed and all(f["strategy"] == "full_summary" for f in failed)
     assert all("no usable summary" in f["error"] for f in failed)
@@ -147,7 +143,7 @@ async def test_prompt_too_long_forces_a_compaction_and_one_valid_retry_then_the_
         retry = turns[turns.index(bad) + 1]
         assert retry.error is None  # the one retry after a forced compaction is valid
         assert retry.input_tokens < bad.input_tokens
-    forced = [e for e in _events(result) if e["event"] == "compaction"]
+    forced = [e for e in read_events(result.paths) if e["event"] == "compaction"]
     assert len(forced) >= len(rejected)
 
 
@@ -166,7 +162,7 @@ async def test_a_turn_cut_off_at_max_tokens_is_continued_and_the_run_finishes(
     second = api.requests_for("turn")[1].body["messages"]
     assert second[-2]["content"][0]["text"] == "Here is the first half of my rep"
     assert second[-1]["content"][0]["text"] == CUT_OFF
-    stops = [e["stop_reason"] for e in _events(result) if e["event"] == "turn_finished"]
+    stops = [e["stop_reason"] for e in read_events(result.paths) if e["event"] == "turn_finished"]
     assert stops == ["max_tokens", "end_turn"]
     assert api.invalid_requests == []
 
@@ -195,7 +191,7 @@ async def test_a_memory_update_cut_off_at_max_tokens_is_rejected_and_the_next_on
     with FakeMessagesAPI(Script(session.turns(), memory=memory)) as api:
         result = await _run(api, settings)
     assert result.outcome == "finished"
-    updates = [e for e in _events(result) if e["event"].startswith("memory_update_")]
+    updates = [e for e in read_events(result.paths) if e["event"].startswith("memory_update_")]
     failed = [e for e in updates if e["event"] == "memory_update_failed"]
     assert [f["error"] for f in failed] == ["the update was cut off at the output limit"]
     assert any(e["event"] == "memory_update_committed" for e in updates)

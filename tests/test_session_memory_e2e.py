@@ -11,40 +11,12 @@ from typing import Any
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text, tool_calls
+from tests.support.runs import read_events, run_long_session
 from tests.support.sessions import LongSession, memory_reply, write_repository
-from tidemark import Agent, Settings
 from tidemark.compaction import SUMMARY_HEADER
 from tidemark.memory import HEADINGS
-from tidemark.providers.anthropic import AnthropicModel
 
 pytestmark = pytest.mark.anyio
-
-
-def _events(paths: Any) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in paths.events.read_text().splitlines() if line.strip()]
-
-
-def _settings(workspace: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "workspace": workspace,
-        "auto_approve": True,
-        "compact_at": 20_000,
-        "memory_init_tokens": 4_000,
-        "memory_update_tokens": 2_000,
-        "max_turns": 200,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-async def _run(api: FakeMessagesAPI, workspace: Path, **overrides: Any) -> Any:
-    model = AnthropicModel("claude-test", base_url=api.url, api_key="test")
-    try:
-        return await Agent(model, settings=_settings(workspace, **overrides)).run(
-            "Fix the restock bug. Rule: never touch test_stock.py."
-        )
-    finally:
-        await model.aclose()
 
 
 def _long_session(tmp_path: Path, reads: int = 40) -> LongSession:
@@ -72,8 +44,8 @@ async def test_a_long_session_compacts_from_memory_with_no_blocking_call_and_no_
 ) -> None:
     session = _long_session(tmp_path)
     with FakeMessagesAPI(session.script()) as api:
-        result = await _run(api, tmp_path)
-    events = _events(result.paths)
+        result = await run_long_session(api, tmp_path)
+    events = read_events(result.paths)
     compactions = [e for e in events if e["event"] == "compaction"]
     assert result.outcome == "finished"
     assert "level + amount" in (tmp_path / "inventory/stock.py").read_text()
@@ -99,8 +71,8 @@ async def test_compaction_replaces_the_covered_prefix_by_memory_and_keeps_the_ta
 ) -> None:
     session = _long_session(tmp_path, reads=30)
     with FakeMessagesAPI(session.script()) as api:
-        result = await _run(api, tmp_path)
-    events = _events(result.paths)
+        result = await run_long_session(api, tmp_path)
+    events = read_events(result.paths)
     compaction = next(e for e in events if e["event"] == "compaction")
     turns = api.requests_for("turn")
     before, after = next(
@@ -129,7 +101,7 @@ async def test_a_turn_request_goes_out_while_a_memory_update_is_still_in_flight(
     script = session.script()
     script.memory = lambda r: dataclasses.replace(memory_reply(r), delay_s=0.5)
     with FakeMessagesAPI(script) as api:
-        await _run(api, tmp_path)
+        await run_long_session(api, tmp_path)
     update = api.requests_for("session-memory")[0]
     assert update.finished_at is not None
     overlapping = [
@@ -146,8 +118,8 @@ async def test_when_memory_lags_far_behind_compaction_tombstones_instead_of_wait
     script = session.script()
     script.memory = lambda r: dataclasses.replace(memory_reply(r), delay_s=1.2)
     with FakeMessagesAPI(script) as api:
-        result = await _run(api, tmp_path)
-    events = _events(result.paths)
+        result = await run_long_session(api, tmp_path)
+    events = read_events(result.paths)
     compactions = [e for e in events if e["event"] == "compaction"]
     turns = [e for e in events if e["event"] == "turn_finished"]
     assert result.outcome == "finished"
@@ -190,8 +162,8 @@ async def test_a_rejected_memory_update_changes_nothing_on_disk_or_in_context(
 
     script = Script(session.turns(), memory=memory)
     with FakeMessagesAPI(script) as api:
-        result = await _run(api, tmp_path)
-    events = _events(result.paths)
+        result = await run_long_session(api, tmp_path)
+    events = read_events(result.paths)
     committed = [e for e in events if e["event"] == "memory_update_committed"]
     failed = [e for e in events if e["event"] == "memory_update_failed"]
     assert len(committed) == 1
@@ -211,7 +183,7 @@ async def test_memory_updates_read_the_turns_prefix_from_the_prompt_cache(tmp_pa
     # rewrite the whole conversation into the cache instead of reading it.
     session = _long_session(tmp_path, reads=16)
     with FakeMessagesAPI(session.script()) as api:
-        await _run(api, tmp_path, compact_at=60_000)
+        await run_long_session(api, tmp_path, compact_at=60_000)
     turns = api.requests_for("turn")
     updates = api.requests_for("session-memory")
     assert updates
@@ -235,8 +207,8 @@ async def test_an_update_reply_that_only_calls_a_tool_is_rejected_and_changes_no
         return tool_calls(("read_file", {"path": "inventory/stock.py"}))
 
     with FakeMessagesAPI(Script(session.turns(), memory=calls_a_tool)) as api:
-        result = await _run(api, tmp_path)
-    events = _events(result.paths)
+        result = await run_long_session(api, tmp_path)
+    events = read_events(result.paths)
     failed = [e for e in events if e["event"] == "memory_update_failed"]
     assert result.outcome == "finished"
     assert failed and all("called a tool" in e["error"] for e in failed)
