@@ -31,18 +31,21 @@ from tidemark.mcp_tools import McpTool, connect_mcp_servers
 from tidemark.model import Model
 from tidemark.progress import RichProgress, follow, make_progress
 from tidemark.providers import ProviderName, default_provider, make_model
+from tidemark.providers.local import local_defaults
 from tidemark.tools import TerminalApprover, default_approver
 
 __all__ = ["main"]
 
+# The settings the command line sets, each as --field-name, with the name of its value.
+# Flag, type, help and default all come from `Settings` (its fields' docstrings).
 _SETTING_FLAGS: dict[str, str] = {
-    "max_turns": "max_turns",
-    "context_window": "context_window",
-    "compact_at": "compact_at",
-    "memory_init_tokens": "memory_init_tokens",
-    "memory_update_tokens": "memory_update_tokens",
-    "memory_tool_calls": "memory_tool_calls",
-    "compaction_wait_ms": "compaction_wait_ms",
+    "max_turns": "N",
+    "context_window": "TOKENS",
+    "compact_at": "TOKENS",
+    "memory_init_tokens": "N",
+    "memory_update_tokens": "N",
+    "memory_tool_calls": "N",
+    "compaction_wait_ms": "MS",
 }
 
 
@@ -71,27 +74,13 @@ def _add_common(p: argparse.ArgumentParser, *, workspace: bool = True) -> None:
         "is set, else the embedded local model)",
     )
     p.add_argument("--model", help="model name (anthropic) or path to a .gguf file (local)")
-    p.add_argument("--max-turns", type=_count, help="turn cap (default 50)")
+    _add_setting(p, "max_turns")
     p.add_argument("--yes", action="store_true", help="approve tools that write or run commands")
     if workspace:
         p.add_argument("--log-json", metavar="FILE", help="also write the event log to FILE")
-    p.add_argument("--context-window", type=_count, metavar="TOKENS")
-    p.add_argument(
-        "--compact-at",
-        type=_count,
-        metavar="TOKENS",
-        help="compact when the next request would exceed this (default: window - 33000; "
-        "3/4 of windows up to 66000)",
-    )
-    p.add_argument("--memory-init-tokens", type=_count, metavar="N", help="default 10000")
-    p.add_argument("--memory-update-tokens", type=_count, metavar="N", help="default 5000")
-    p.add_argument("--memory-tool-calls", type=_count, metavar="N", help="default 3")
-    p.add_argument(
-        "--compaction-wait-ms",
-        type=_count,
-        metavar="MS",
-        help="how long compaction may wait for an in-flight memory update (default 0)",
-    )
+    for field in _SETTING_FLAGS:
+        if field != "max_turns":
+            _add_setting(p, field)
     p.add_argument(
         "--tools",
         action="append",
@@ -101,6 +90,24 @@ def _add_common(p: argparse.ArgumentParser, *, workspace: bool = True) -> None:
     )
     if workspace:  # MCP servers start in a session's workspace
         _add_mcp(p)
+
+
+def _add_setting(p: argparse.ArgumentParser, field: str) -> None:
+    """--field-name for a `Settings` field: its help is the field's docstring and its
+    defaults (the local model's too, where it recommends another)."""
+    info = Settings.model_fields[field]
+    text = " ".join((info.description or "").split()).rstrip(".")
+    defaults: list[str] = []
+    if info.default is not None:
+        defaults.append(f"default {info.default}")
+    local = local_defaults().get(field)
+    if local is not None and local != info.default:
+        defaults.append(f"{local} with the local model")
+    if defaults:
+        text += f" ({'; '.join(defaults)})"
+    help_text = text[:1].lower() + text[1:]
+    flag = "--" + field.replace("_", "-")
+    p.add_argument(flag, type=_count, metavar=_SETTING_FLAGS[field], help=help_text)
 
 
 def _add_mcp(p: argparse.ArgumentParser) -> None:
@@ -192,8 +199,8 @@ def _positive(text: str) -> int:
 def _flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the flags give (only those given, and --yes)."""
     values: dict[str, Any] = {}
-    for flag, field in _SETTING_FLAGS.items():
-        value = getattr(args, flag)
+    for field in _SETTING_FLAGS:
+        value = getattr(args, field)
         if value is not None:
             values[field] = value
     values["auto_approve"] = args.yes
@@ -221,7 +228,7 @@ def _settings(args: argparse.Namespace, config: FileConfig | None = None) -> Set
 
 def _flag_names(text: str) -> str:
     """A settings message with its field names as the flags that set them."""
-    for field in _SETTING_FLAGS.values():
+    for field in _SETTING_FLAGS:
         text = re.sub(rf"\b{field}\b", "--" + field.replace("_", "-"), text)
     return text
 

@@ -1,4 +1,5 @@
-"""Settings: one model, every default written once here and mirrored by CLI flags."""
+"""Settings: one model, every default written once here (the CLI's flags and their help
+are made from these fields)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ __all__ = ["Settings"]
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # The docstrings are the fields' descriptions: the command line's help is made of them.
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     workspace: Path = Field(default_factory=Path.cwd)
     """Directory the agent works in; tools cannot touch anything outside it."""
@@ -30,8 +32,7 @@ class Settings(BaseModel):
 
     compact_at: int | None = Field(default=None, ge=1000)
     """Estimated input tokens of the next request at which compaction happens.
-    Default: context_window - 33000; for windows of 66000 or less, 3/4 of the window
-    (window - 33000 would leave nothing)."""
+    Default: the window - 33000, or 3/4 of the window when it is 66000 or less."""
 
     memory_init_tokens: int = Field(default=10_000, ge=0)
     """Context size before the first memory update."""
@@ -40,7 +41,7 @@ class Settings(BaseModel):
     """Context growth between memory updates."""
 
     memory_tool_calls: int = Field(default=3, ge=0)
-    """Tool calls between memory updates (or a natural pause)."""
+    """Tool calls between memory updates; a natural pause starts one sooner."""
 
     memory_max_tokens: int = Field(default=12_000, ge=500)
     """Size limit of the whole memory document."""
@@ -56,7 +57,8 @@ class Settings(BaseModel):
     Also bounds the wait for the session memory at a normal finish."""
 
     compaction_wait_ms: int = Field(default=0, ge=0)
-    """How long compaction may wait for an in-flight memory update (0: never)."""
+    """How long compaction may wait for an in-flight memory update, in milliseconds;
+    0: never."""
 
     tool_timeout: float = Field(default=120.0, gt=0)
     """Default per-call tool timeout in seconds."""

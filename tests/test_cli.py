@@ -11,14 +11,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text, tool_calls
+from tests.support.runs import read_events, session_dir
 from tests.support.sessions import LongSession, memory_reply, write_repository
+from tidemark import Settings
+from tidemark.cli import build_parser
 from tidemark.compaction import SUMMARY_HEADER
 from tidemark.events import EVENT_KEYS
+from tidemark.providers.local import local_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -51,16 +54,6 @@ def tidemark(
         stdin=subprocess.DEVNULL,
         check=False,
     )
-
-
-def _session_dir(workspace: Path) -> Path:
-    (folder,) = (workspace / ".tidemark" / "sessions").iterdir()
-    return folder
-
-
-def _events(workspace: Path) -> list[dict[str, Any]]:
-    path = _session_dir(workspace) / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
@@ -110,9 +103,9 @@ def test_a_multi_step_task_reads_edits_and_runs_tests_through_the_cli(tmp_path: 
     # The bash result the model saw holds the passing test run.
     last = json.dumps(api.requests[-1].body["messages"][-1])
     assert "1 passed" in last
-    folder = _session_dir(tmp_path)
+    folder = session_dir(tmp_path)
     assert {p.name for p in folder.iterdir()} >= {"transcript.jsonl", "events.jsonl"}
-    events = _events(tmp_path)
+    events = read_events(tmp_path)
     assert [json.loads(line) for line in log.read_text().splitlines()] == events
     for event in events:
         assert TIMESTAMP.match(event["timestamp"])
@@ -151,7 +144,10 @@ def test_without_yes_and_without_a_terminal_writes_are_refused_and_the_run_goes_
         (["resume", "--session", "nope"], "unknown session"),
         (["inspect", "--session", "nope"], "unknown session"),
         (["run", "--tools", "no_such_module:X", "task"], "--tools"),
-        (["run", "--context-window", "5000", "--compact-at", "9000", "task"], "compact"),
+        (
+            ["run", "--context-window", "5000", "--compact-at", "9000", "task"],
+            "--compact-at 9000 is larger than the context window 5000",
+        ),
     ],
 )
 def test_bad_usage_is_one_line_on_stderr_and_exit_code_2(
@@ -166,6 +162,29 @@ def test_bad_usage_is_one_line_on_stderr_and_exit_code_2(
     assert len(lines) == 1, done.stderr
     assert needle in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_the_setting_flags_are_the_contracts_and_their_help_comes_from_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "[--max-turns N] [--yes] [--log-json FILE] [--context-window TOKENS] "
+        "[--compact-at TOKENS] [--memory-init-tokens N] [--memory-update-tokens N] "
+        "[--memory-tool-calls N] [--compaction-wait-ms MS]"
+    ) in out
+    local = local_defaults()
+    for field in ("max_turns", "context_window", "memory_init_tokens", "compaction_wait_ms"):
+        info = Settings.model_fields[field]
+        flag = "--" + field.replace("_", "-")
+        described = out.rsplit(f"{flag} ", 1)[1]  # the options part, after the usage
+        first_words = " ".join((info.description or "").split()[1:4])
+        assert first_words in described[:120], (flag, described[:120])
+        assert f"default {info.default}" in described[:200]
+        if field in local:
+            assert f"{local[field]} with the local model" in described[:200]
 
 
 def test_an_api_failure_exits_1_with_one_line(tmp_path: Path) -> None:
@@ -286,7 +305,7 @@ def test_ctrl_c_exits_130_ends_the_running_command_and_leaves_a_valid_transcript
     _wait_for(lambda: not _alive(sleeper), timeout=10)
     records = [
         json.loads(line)
-        for line in (_session_dir(tmp_path) / "transcript.jsonl").read_text().splitlines()
+        for line in (session_dir(tmp_path) / "transcript.jsonl").read_text().splitlines()
     ]
     last = records[-1]["message"]
     assert last["content"][0]["type"] == "tool_result"
