@@ -51,7 +51,7 @@ def test_with_no_api_key_the_cli_runs_the_local_model_and_it_makes_a_real_tool_c
         stdin=subprocess.DEVNULL,
         check=False,
     )
-    # A 0.5B model may not finish in two turns (exit 1, turn cap); it must not crash.
+    # A small model may not finish in two turns (exit 1, turn cap); it must not crash.
     assert done.returncode in (0, 1), done.stderr
     assert "Traceback" not in done.stderr
     (session,) = (workspace / ".tidemark" / "sessions").iterdir()

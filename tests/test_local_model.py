@@ -210,7 +210,11 @@ def test_the_prompt_matches_the_chat_template_embedded_in_the_gguf() -> None:
         tools=[tool_entry(READ_FILE), tool_entry(LIST_FILES)],
         add_generation_prompt=True,
     )
-    assert ours == theirs
+    # The 1.5B GGUF's template writes the format line's example in double braces
+    # ({{"name": ...}}), unlike the template the model was trained with (Qwen2.5's
+    # tokenizer_config.json, and the 0.5B GGUF's): that one line may differ.
+    example = '{"name": <function-name>, "arguments": <args-json-object>}'
+    assert ours == theirs.replace("{" + example + "}", example)
 
 
 @pytest.mark.anyio
