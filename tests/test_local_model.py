@@ -128,7 +128,8 @@ async def test_the_default_model_streams_text_and_reuses_the_cached_prefix() -> 
 @pytest.mark.anyio
 @asyncio_only
 async def test_a_tool_result_turn_continues_the_conversation() -> None:
-    model = LocalModel()
+    # Without the saved prefix: the whole prompt is read, in steps the status line shows.
+    model = LocalModel(prefix_cache=False)
     try:
         call = ToolUseBlock(id="toolu_local_1", name="read_file", input={"path": "config.py"})
         messages = [
