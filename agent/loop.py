@@ -31,6 +31,7 @@ from tidemark.tools import (
     Toolset,
     builtin_tools,
     default_approver,
+    file_access,
     reap_leftover_processes,
 )
 from tidemark.transcript import SessionPaths, load_transcript
@@ -126,6 +127,9 @@ class Agent:
             subscribers=[self.on_event] if self.on_event else [],
             restored=load_transcript(paths.transcript) if resumed else None,
             strategies=self.compaction,
+            file_tools={
+                t.name: access for t in self.toolset if (access := file_access(t)) is not None
+            },
         )
 
     async def run(

@@ -8,7 +8,7 @@ sends), appends to transcript and context, and commits what the compactor choose
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -25,15 +25,13 @@ from tidemark.scheduler import MemoryScheduler
 from tidemark.storage import read_jsonl
 from tidemark.token_meter import TokenMeter
 from tidemark.tokens import TokenCounter
+from tidemark.tools import FileAccess
 from tidemark.tools.builtin.shell import command_failed
 from tidemark.transcript import SessionPaths, TranscriptState, TranscriptWriter
 from tidemark.transcript_index import TranscriptIndex
 from tidemark.updater import MemoryUpdater, UpdatePolicy
 
 __all__ = ["MIN_TURNS_BETWEEN", "Session"]
-
-_READS = {"read_file"}
-_WRITES = {"write_file", "edit_file"}
 
 
 class Session:
@@ -50,12 +48,16 @@ class Session:
         subscribers: Sequence[EventSubscriber] = (),
         restored: TranscriptState | None = None,
         strategies: Sequence[Strategy] = DEFAULT_STRATEGIES,
+        file_tools: Mapping[str, FileAccess] | None = None,
     ) -> None:
+        """`file_tools`: tool name -> what it does to the file its `path` input names
+        (from each tool's `files` metadata), for the memory's list of files touched."""
         self.paths = paths
         self.model = model
         self.settings = settings
         self.system = system
         self.tools = list(tools)
+        self.file_tools = dict(file_tools or {})
         self.events = EventLog(paths.session_id, paths.events, subscribers)
         self.counter = TokenCounter(model.estimate_tokens)
         self.index = TranscriptIndex(self.counter.message)
@@ -155,8 +157,9 @@ class Session:
 
     def _note_files(self, name: str, tool_input: dict[str, Any], result: ToolResultBlock) -> None:
         path = tool_input.get("path")
-        if isinstance(path, str) and not result.is_error and name in _READS | _WRITES:
-            self.record.note_file(path, modified=name in _WRITES)
+        access = self.file_tools.get(name)
+        if isinstance(path, str) and not result.is_error and access is not None:
+            self.record.note_file(path, modified=access == "write")
         if result.is_error or (name == "bash" and command_failed(result.content)):
             self.record.note_error(f"{name}: {result.content}")
 

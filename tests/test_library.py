@@ -25,6 +25,7 @@ from tidemark import (
     Settings,
     StopReason,
     TurnLimitError,
+    tool,
 )
 from tidemark.loop import Outcome
 
@@ -230,3 +231,42 @@ def test_an_event_with_a_wrong_key_is_a_type_error(tmp_path: Path) -> None:
         check=False,
     )
     assert right.returncode == 0, right.stdout
+
+
+@pytest.mark.anyio
+async def test_the_memory_lists_files_by_each_tools_files_metadata_not_by_its_name(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.txt").write_text("hello\n")
+
+    @tool(files="write")
+    def save_note(path: str, text: str) -> str:
+        """Save a note to a file."""
+        (tmp_path / path).write_text(text)
+        return f"saved {path}"
+
+    @tool(read_only=True)
+    def peek(path: str) -> str:
+        """Say whether a path exists (it reads nothing)."""
+        return str((tmp_path / path).exists())
+
+    steps = [
+        ScriptedModel.call("read_file", path="a.txt"),
+        ScriptedModel.call("save_note", path="notes.md", text="remember"),
+        ScriptedModel.call("peek", path="secret.txt"),
+        ScriptedModel.reply("done"),
+    ]
+    memory = ScriptedModel.reply("# Current State\n- Done: read a.txt, saved a note.")
+    model = ScriptedModel(steps, memory=lambda request: memory)
+    settings = Settings(
+        workspace=tmp_path,
+        auto_approve=True,
+        memory_init_tokens=0,
+        memory_update_tokens=0,
+        memory_tool_calls=1,
+    )
+    result = await Agent(model, tools=[save_note, peek], settings=settings).run("take notes")
+    written = result.paths.memory.read_text()
+    assert "- modified: notes.md" in written
+    assert "- read: a.txt" in written
+    assert "secret.txt" not in written

@@ -14,6 +14,7 @@ from .builtin import builtin_tools
 from .errors import ToolError, ToolLoadError
 from .function import FunctionTool, tool
 from .interface import (
+    FileAccess,
     Tool,
     ToolCall,
     ToolContext,
@@ -22,6 +23,7 @@ from .interface import (
     ToolOutput,
     describe_call,
     describe_input,
+    file_access,
 )
 from .loading import load_tools
 from .processes import reap_leftover_processes
@@ -31,6 +33,7 @@ __all__ = [
     "Approver",
     "AutoApprover",
     "DenyApprover",
+    "FileAccess",
     "FunctionTool",
     "TerminalApprover",
     "Tool",
@@ -46,6 +49,7 @@ __all__ = [
     "default_approver",
     "describe_call",
     "describe_input",
+    "file_access",
     "load_tools",
     "reap_leftover_processes",
     "tool",

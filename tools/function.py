@@ -14,7 +14,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ToolError
-from .interface import ToolContext, ToolOutput
+from .interface import FileAccess, ToolContext, ToolOutput
 
 __all__ = ["FunctionTool", "tool"]
 
@@ -40,6 +40,7 @@ class FunctionTool:
         read_only: bool = False,
         needs_approval: bool = False,
         timeout: float | None = None,
+        files: FileAccess | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
@@ -50,6 +51,9 @@ class FunctionTool:
         self.read_only = read_only
         self.needs_approval = needs_approval
         self.timeout = timeout
+        # "read" / "write": the call reads or changes the file its `path` input names (the
+        # runtime keeps a list of files read and modified for the session memory).
+        self.files = files
         self._is_async = inspect.iscoroutinefunction(fn)
         self._context_params, self._params, self._model = _input_model(fn, self.name, arg_docs)
         self.input_schema = _tidy_schema(self._model.model_json_schema())
@@ -93,6 +97,7 @@ def tool(
     read_only: bool = False,
     needs_approval: bool = False,
     timeout: float | None = None,
+    files: FileAccess | None = None,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -103,12 +108,15 @@ def tool(
     read_only: bool = False,
     needs_approval: bool = False,
     timeout: float | None = None,
+    files: FileAccess | None = None,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Make a tool of a function, used bare (``@tool``) or with options (``@tool(...)``).
 
     The input schema comes from the type hints; the description from the docstring's first
     paragraph; per-parameter descriptions from its Google-style ``Args:`` section. A
     parameter annotated ``ToolContext`` receives the context and is not in the schema.
+    ``files="read"`` / ``"write"``: the tool reads or changes the file its ``path`` input
+    names (the session memory lists files read and modified).
     """
 
     def wrap(function: Callable[..., Any]) -> FunctionTool:
@@ -119,6 +127,7 @@ def tool(
             read_only=read_only,
             needs_approval=needs_approval,
             timeout=timeout,
+            files=files,
         )
 
     return wrap if fn is None else wrap(fn)

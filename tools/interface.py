@@ -6,9 +6,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "FileAccess",
     "Tool",
     "ToolCall",
     "ToolContext",
@@ -17,7 +18,17 @@ __all__ = [
     "ToolOutput",
     "describe_call",
     "describe_input",
+    "file_access",
 ]
+
+# What a tool does to the file its `path` input names (a tool's optional `files` attribute).
+FileAccess = Literal["read", "write"]
+
+
+def file_access(tool: object) -> FileAccess | None:
+    """The tool's `files` attribute: optional, so tools written before it still conform."""
+    access = getattr(tool, "files", None)
+    return access if access in ("read", "write") else None
 
 
 @dataclass(frozen=True)

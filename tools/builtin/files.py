@@ -30,7 +30,7 @@ _CHUNK = 1 << 20
 _LINE_BYTES = MAX_LINE_CHARS * 4 + 4  # enough bytes for MAX_LINE_CHARS characters
 
 
-@tool(name="read_file", read_only=True)
+@tool(name="read_file", read_only=True, files="read")
 def read_file(
     ctx: ToolContext,
     path: str,
@@ -167,7 +167,7 @@ def _count_lines(file: BinaryIO) -> int | None:
     return lines + (last != b"\n")
 
 
-@tool(name="write_file", needs_approval=True)
+@tool(name="write_file", needs_approval=True, files="write")
 def write_file(ctx: ToolContext, path: str, content: str) -> str:
     """Create a file or overwrite it with new content. Creates missing parent directories.
 
@@ -182,7 +182,7 @@ def write_file(ctx: ToolContext, path: str, content: str) -> str:
     return f"{'overwrote' if existed else 'created'} {shown} ({len(data)} bytes written)"
 
 
-@tool(name="edit_file", needs_approval=True)
+@tool(name="edit_file", needs_approval=True, files="write")
 def edit_file(
     ctx: ToolContext,
     path: str,
