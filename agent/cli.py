@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
 
@@ -414,6 +414,27 @@ async def _main_async(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _until_terminated(agent: Agent, chat: Awaitable[int]) -> int:
+    """Run the chat; SIGTERM ends it like Ctrl-C ends a run: the session records
+    `terminated`, the exit code is 143 (Ctrl-C stays the chat's own: it interrupts a turn)."""
+    code: int | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal code
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    agent.cancelled_by("terminated")
+                    code = 143
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        code = await chat
+        tg.cancel_scope.cancel()
+    return 143 if code is None else code
+
+
 async def _chat(args: argparse.Namespace) -> int:
     """`tidemark chat`: the same agent as `run`, held interactively."""
     try:
@@ -443,7 +464,7 @@ async def _chat(args: argparse.Namespace) -> int:
                 on_event=follow(view),
                 on_text=view.text,
             )
-            return await run_chat(agent, view, args.session)
+            return await _until_terminated(agent, run_chat(agent, view, args.session))
         finally:
             with anyio.CancelScope(shield=True):
                 await model.aclose()

@@ -197,17 +197,24 @@ class Agent:
         session.turns = sum(1 for m in session.transcript if m.origin == "model")
         self._started(session, "", resumed=resume)
         _answer_pending(session)
+        ending: Ending = "finished"
         try:
             async with anyio.create_task_group() as tg:
                 session.bind(tg)
                 try:
                     yield Conversation(self, session)
+                except anyio.get_cancelled_exc_class():
+                    ending = self._cancel_cause  # a signal ended the conversation
+                    raise
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             _answer_pending(session)
             session.events.emit(
-                "session_finished", outcome="finished", turns=session.turns, exit_code=0
+                "session_finished",
+                outcome=ending,
+                turns=session.turns,
+                exit_code=_exit_code(ending, None),
             )
             session.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -271,3 +272,31 @@ def test_a_chat_calls_a_config_files_mcp_server_and_compacts_by_itself_without_a
     # The MCP server's answer reached the model.
     last = turns_sent[-1].body["messages"][-1]["content"]
     assert [b["content"] for b in last if b["type"] == "tool_result"] == ["5"]
+
+
+def test_sigterm_during_a_chat_turn_ends_it_with_143_and_the_session_says_terminated(
+    tmp_path: Path,
+) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    script = Script([Reply(content=[{"type": "text", "text": "Too late."}], delay_s=30)])
+    with FakeMessagesAPI(script) as api:
+        child = _spawn(workspace, api)
+        try:
+            _expect(child, r"session (\S+) \(new\)", exact=False)
+            _prompt(child)
+            _send(child, "Say something slowly")
+            _wait_for(lambda: api.requests_for("turn"), "the turn's request")
+            signalled = time.monotonic()
+            child.kill(signal.SIGTERM)
+            child.expect(pexpect.EOF, timeout=10)
+            child.wait()
+            took = time.monotonic() - signalled
+        finally:
+            child.close(force=True)
+    assert child.exitstatus == 143, (child.exitstatus, child.signalstatus)
+    assert took < 2, took
+    [events_file] = list(workspace.glob(".tidemark/sessions/*/events.jsonl"))
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    finished = [e for e in events if e["event"] == "session_finished"]
+    assert [(e["outcome"], e["exit_code"]) for e in finished] == [("terminated", 143)]
