@@ -52,7 +52,8 @@ class ModelRequest:
     # message), e.g. the previous request's end or a memory update's shared prefix.
     cache_breakpoint: int | None = None
     # "any": the reply must call a tool (used to get a small model to act at all);
-    # "none": it must not (memory updates and summaries carry the tools only for the cache).
+    # "none": it must not. Memory updates and summaries keep "auto" even so: the API caches
+    # message blocks per tool_choice, and they carry the tools only to share that cache.
     tool_choice: Literal["auto", "any", "none"] = "auto"
 
 
