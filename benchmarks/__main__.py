@@ -177,6 +177,8 @@ def _write(
     scale: list[ScaleRow],
     elapsed: float,
     ray: RayRow | str | None = None,
+    *,
+    load: str | None = None,
 ) -> str:
     notes = "".join(f"\n- {s}" for s in skipped)
     summary = (
@@ -198,12 +200,14 @@ def _write(
             + overhead_table(overhead)
             + "\n"
         )
+    # The load when the run ended (a re-render keeps the measuring run's figure).
+    load = load or _load()
     if scale or ray is not None:
         (out / "scale.md").write_text(
             "# Concurrent sessions in one process\n\n"
             + (scale_table(scale) if scale else "(not measured)")
             + (f"\n\n{ray_table(ray)}" if ray is not None else "")
-            + f"\n\nMachine: {os.cpu_count()} CPUs, load average {_load()} at the end.\n"
+            + f"\n\nMachine: {os.cpu_count()} CPUs, load average {load} at the end.\n"
         )
     raw = {
         "elapsed_s": round(elapsed, 1),
@@ -213,6 +217,7 @@ def _write(
         "overhead": [dataclasses.asdict(r) for r in overhead],
         "scale": [dataclasses.asdict(r) for r in scale],
         "ray": dataclasses.asdict(ray) if isinstance(ray, RayRow) else ray,
+        "load_at_end": load,
     }
     (out / "raw.json").write_text(json.dumps(raw, indent=1, default=str))
     plots(out, results, overhead, scale)
@@ -234,7 +239,17 @@ def render(out: Path) -> str:
     scale = [ScaleRow(**r) for r in raw["scale"]]
     ray_raw = raw.get("ray")
     ray = RayRow(**ray_raw) if isinstance(ray_raw, dict) else ray_raw
-    return _write(out, params, results, raw["skipped"], overhead, scale, raw["elapsed_s"], ray)
+    return _write(
+        out,
+        params,
+        results,
+        raw["skipped"],
+        overhead,
+        scale,
+        raw["elapsed_s"],
+        ray,
+        load=raw.get("load_at_end"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
