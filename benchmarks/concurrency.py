@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks.params import Params
 from benchmarks.script import StepScript
 from benchmarks.strategies import ROOT, child_env, latency_model, percentile, quiet_disconnects
-from tests.support.fakeapi import FakeMessagesAPI
+from tests.support.fakeapi import FakeMessagesAPI, LatencyModel
 from tests.support.sessions import LongSession, write_repository
 
 __all__ = ["RayRow", "ScaleRow", "ray_table", "run_ray_batch", "run_scale"]
@@ -59,15 +59,20 @@ def _ts(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
-    root = workdir / f"scale-{n}"
+def _sessions(root: Path, n: int, params: Params) -> tuple[StepScript, LatencyModel, int]:
+    """`n` workspaces (s000, s001, ...) under `root`, the script every session follows, the
+    latency model and the window of the scale runs."""
     files: list[str] = []
     for i in range(n):
         files = write_repository(root / f"s{i:03d}", params.files, params.lines_per_file)
     script = StepScript(LongSession(files, reads=params.scale_reads))
-    latency = latency_model(params, params.scale_time_scale)
+    return script, latency_model(params, params.scale_time_scale), params.scale_compact_at * 2
+
+
+def run_scale(n: int, params: Params, workdir: Path) -> ScaleRow:
+    root = workdir / f"scale-{n}"
+    script, latency, window = _sessions(root, n, params)
     out = workdir / f"scale-{n}.json"
-    window = params.scale_compact_at * 2
     env = child_env()
     with FakeMessagesAPI(script, latency=latency, context_window=window) as api:
         quiet_disconnects(api)
@@ -202,13 +207,8 @@ def run_ray_batch(
     if importlib.util.find_spec("ray") is None:
         return "skipped: Ray is not installed (pip install '.[batch]')"
     root = workdir / f"ray-{tasks}"
-    files: list[str] = []
-    for i in range(tasks):
-        files = write_repository(root / f"s{i:03d}", params.files, params.lines_per_file)
-    script = StepScript(LongSession(files, reads=params.scale_reads))
-    latency = latency_model(params, params.scale_time_scale)
+    script, latency, window = _sessions(root, tasks, params)
     out = workdir / f"ray-{tasks}.json"
-    window = params.scale_compact_at * 2
     command = [
         *(sys.executable, "-m", "benchmarks.ray_batch", "URL", str(root), str(tasks), str(out)),
         *("--concurrency", str(concurrency), "--num-cpus", str(num_cpus)),
