@@ -10,7 +10,7 @@ summary, ``()`` never compacts. Memory updates run only when ``session_memory`` 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from tidemark.compaction import (
@@ -48,6 +48,9 @@ MIN_TURNS_BETWEEN = 3
 
 @dataclass
 class Compactor:
+    """Chooses compactions. `ahead` may choose one before the threshold, while the memory
+    is as fresh as it will be before the threshold (see its docstring)."""
+
     settings: Settings
     index: TranscriptIndex
     meter: TokenMeter
@@ -58,6 +61,8 @@ class Compactor:
     system: str
     tools: Sequence[ToolSpec]
     strategies: Sequence[Strategy] = DEFAULT_STRATEGIES
+    # The memory version (what it covers) `ahead` found no lossless compaction for.
+    _weighed_ahead: str | None = field(default=None, init=False)
 
     @property
     def uses_memory(self) -> bool:
@@ -130,6 +135,66 @@ class Compactor:
         else:
             fitting = [r for r in fitting if reaches_target(r, budget, ceiling)]
         return min(fitting, key=lambda r: r.post_tokens, default=None)
+
+    def ahead(
+        self,
+        context: Sequence[Message],
+        pre: int,
+        *,
+        turns_since: int | None,
+        lag_tokens: int,
+        turn_growth: int,
+    ) -> CompactionResult | None:
+        """A compaction before the threshold that loses nothing, when waiting would.
+
+        What the memory does not cover stays verbatim in the kept tail, as far as the target
+        leaves room beside the memory; beyond that, compaction tombstones results the memory
+        has not seen. When the compaction at the threshold would have to (the memory lags by
+        `lag_tokens` plus the growth until then) and so would one after the next turn
+        (`turn_growth`: the largest recent turn, estimated like the lag), this is the last
+        moment a compaction keeps everything: take it (had the memory committed in time,
+        the lag would be smaller). Never within `MIN_TURNS_BETWEEN` turns of the previous
+        compaction, only when it frees a quarter of the threshold, and weighed once per
+        memory version when no compaction now keeps everything.
+        """
+        threshold = self.settings.compaction_threshold
+        document = self.updater.document
+        version = document.covers_message_id
+        if (
+            not self.uses_memory
+            or document.is_empty
+            or pre > threshold
+            or (turns_since is not None and turns_since < MIN_TURNS_BETWEEN)
+            or version == self._weighed_ahead
+        ):
+            return None
+        calibration = self.meter.calibration
+        budget = self.meter.budget(self.settings)
+        fixed = budget.preamble + self._summary_tokens()
+        room = budget.target - fixed  # for what the memory does not cover
+        if lag_tokens + (threshold - pre) / calibration <= room:
+            return None  # the compaction at the threshold keeps everything
+        if lag_tokens + turn_growth <= room:
+            return None  # so does one after the next turn: wait, the memory may commit first
+        self._weighed_ahead = version  # later turns only lag more, until the next commit
+        self.meter.calibrate(context)
+        budget = self.meter.budget(self.settings)
+        result = self.instant(context, budget)
+        if (
+            result is None
+            or result.strategy != "session_memory"
+            or result.tool_results_cleared
+            or result.stubs
+            or result.post_tokens > budget.target
+            or (pre - threshold // 4) / self.meter.calibration < result.post_tokens
+        ):
+            return None
+        return result
+
+    def _summary_tokens(self) -> int:
+        """About what the summary message takes: the memory and the user's own messages."""
+        text = self.updater.document.render(self.record)
+        return self.meter.counter.estimate(text + "\n".join(self.record.user_messages)) + 100
 
     async def _blocking(
         self, context: Sequence[Message], budget: CompactionBudget

@@ -141,6 +141,10 @@ class Compaction(TypedDict):
     threshold: NotRequired[int]
     target: NotRequired[int]  # what post_tokens had to reach (half of the threshold)
     stubs: NotRequired[int]  # tool inputs and assistant texts shortened to a stub
+    # threshold: the next request would pass --compact-at; window: the model's window
+    # rejected it; fresh_memory: before the threshold, so nothing the memory has not seen is
+    # tombstoned (the one at the threshold would have had to).
+    trigger: NotRequired[Literal["threshold", "window", "fresh_memory"]]
     # The blocking summary's usage (full_summary only).
     input_tokens: NotRequired[int]
     output_tokens: NotRequired[int]

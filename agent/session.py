@@ -8,6 +8,7 @@ sends), appends to transcript and context, and commits what the compactor choose
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,6 +69,9 @@ class Session:
         self.compactions = 0
         self.turns = 0
         self._compacted_turn: int | None = None  # the turn of the latest compaction
+        # How much the transcript grew between the latest checks for compaction (turns).
+        self._turn_growth: deque[int] = deque(maxlen=20)
+        self._tokens_seen = 0
         self.store = MemoryStore(paths.memory)
         self.updater = MemoryUpdater(
             model=model,
@@ -210,14 +214,28 @@ class Session:
         A compaction is committed only when it reaches the target (or as close as the
         context allows, under the threshold), and not within `MIN_TURNS_BETWEEN` turns of
         the previous one while the request still fits the window: each one rewrites the
-        prompt cache.
+        prompt cache. Close to the threshold, one may come before it while the memory is
+        fresh, when the one at the threshold would have to tombstone what the memory has not
+        seen (`Compactor.ahead`).
         """
         pre = self.context_tokens()
         since = None if self._compacted_turn is None else self.turns - self._compacted_turn
-        if not self.compactor.due(pre, turns_since=since, force=force):
-            return None
+        self._turn_growth.append(self.index.tokens - self._tokens_seen)
+        self._tokens_seen = self.index.tokens
         started = anyio.current_time()
-        result, waited = await self.compactor.compact(self.context, pre, force=force)
+        waited = 0.0
+        if self.compactor.due(pre, turns_since=since, force=force):
+            trigger = "window" if force else "threshold"
+            result, waited = await self.compactor.compact(self.context, pre, force=force)
+        else:
+            trigger = "fresh_memory"
+            result = self.compactor.ahead(
+                self.context,
+                pre,
+                turns_since=since,
+                lag_tokens=self.memory_lag_tokens(),
+                turn_growth=max(self._turn_growth, default=0),
+            )
         if result is None:
             return None
         self.context = result.context
@@ -240,6 +258,7 @@ class Session:
             memory_lag_tokens=self.memory_lag_tokens(),
             threshold=self.settings.compaction_threshold,
             target=self.settings.compaction_target,
+            trigger=trigger,
             **(result.usage.event_keys() if result.usage else {}),
         )
         return result
@@ -264,6 +283,7 @@ class Session:
         self.updater.updates = max([self.updater.updates, *numbers])
         self.context = list(state.context)
         self.compactions = state.compactions
+        self._tokens_seen = self.index.tokens
         self.scheduler.restored()
 
     def close(self) -> None:

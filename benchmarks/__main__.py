@@ -193,7 +193,12 @@ def _write(
         + "\n"
     )
     (out / "summary.md").write_text(summary)
-    (out / "compactions.md").write_text("# Every compaction\n\n" + compaction_table(results) + "\n")
+    (out / "compactions.md").write_text(
+        "# Every compaction\n\n"
+        "(early): tidemark compacted before --compact-at, at the last turn where memory and "
+        "verbatim tail still held everything (waiting would have tombstoned results the "
+        "memory had not seen).\n\n" + compaction_table(results) + "\n"
+    )
     if overhead:
         (out / "overhead.md").write_text(
             "# Runtime overhead per turn (model and tools excluded)\n\n"

@@ -234,7 +234,7 @@ def compaction_table(results: Sequence[StrategyResult]) -> str:
                 [
                     r.label,
                     str(k),
-                    c.strategy,
+                    c.strategy + (" (early)" if c.trigger == "fresh_memory" else ""),
                     _ms(c.stall_ms),
                     _ms(c.measured_ms),
                     str(c.model_calls),

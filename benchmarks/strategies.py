@@ -78,6 +78,7 @@ class Compaction:
     post_tokens: int | None = None
     memory_lag_tokens: int | None = None
     tool_results_cleared: int | None = None
+    trigger: str | None = None  # tidemark: threshold, window or fresh_memory (before it)
     before_input: int = 0  # server-counted input of the last turn before compaction
     after_input: int = 0  # ... and of the first turn after it
     after_uncached: int = 0
@@ -405,6 +406,7 @@ def _tidemark_compactions(
             post_tokens=e.get("post_tokens"),
             memory_lag_tokens=e.get("memory_lag_tokens"),
             tool_results_cleared=e.get("tool_results_cleared"),
+            trigger=e.get("trigger"),
         )
         turn = next((x["turn"] for x in events[i:] if x["event"] == "turn_finished"), None)
         if turn is not None:

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.coverage import request_strings, unseen_by_memory
+from tests.support.coverage import facts_dropped, request_strings, unseen_by_memory
 from tests.support.fakeapi import FakeMessagesAPI, RecordedRequest, Reply, Script, text
 from tests.support.runs import read_events, run_long_session
 from tests.support.sessions import LongSession, memory_reply, write_repository
+from tidemark.cli import main
 from tidemark.messages import Message
 from tidemark.transcript import load_transcript
 
@@ -98,6 +99,42 @@ async def test_slow_memory_claims_only_what_it_saw_and_every_compaction_reaches_
     assert all(gap >= 3 for gap in turns_between_compactions(events))
     # Nothing ran away: no request came near the window.
     assert max(r.input_tokens for r in api.requests_for("turn")) <= COMPACT_AT + 4_000
+
+
+@pytest.mark.parametrize("kind", ["reads", "mixed"])
+async def test_memory_spanning_many_turns_loses_no_fact_at_any_compaction(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each update answers only after six more turns, so the memory always lags; compaction
+    at the threshold would tombstone results it has not seen. The compaction comes before
+    the threshold instead, at the last moment it keeps everything."""
+    compact_at = 30_000
+    session = _session(tmp_path, kind)
+    script = session.script()
+    script.memory = lambda r: dataclasses.replace(memory_reply(r), hold_turns=6)
+    with FakeMessagesAPI(script) as api:
+        result = await run_long_session(api, tmp_path, compact_at=compact_at)
+    events = read_events(result.paths)
+    compactions = [e for e in events if e["event"] == "compaction"]
+    turns = api.requests_for("turn")
+    after = first_requests_after_compactions(api, events)
+    assert result.outcome == "finished"
+    assert api.invalid_requests == []
+    assert len(compactions) >= 2
+    # By the server's record: every planted fact a request carried before a compaction is
+    # in the first request after it (context or memory).
+    assert facts_dropped(turns, [turns.index(r) for r in after]) == [set()] * len(after)
+    assert all(c["tool_results_cleared"] == 0 for c in compactions)
+    assert any(c["trigger"] == "fresh_memory" for c in compactions)
+    for c in compactions:
+        if c["trigger"] == "fresh_memory":
+            assert compact_at * 3 // 5 <= c["pre_tokens"] <= compact_at
+    assert all(r.input_tokens <= compact_at // 2 for r in after), [r.input_tokens for r in after]
+    assert all(gap >= 3 for gap in turns_between_compactions(events))
+    assert unseen_coverage(api, result) == []
+    # `inspect` says why a compaction came before the threshold.
+    assert main(["inspect", "--workspace", str(tmp_path)]) == 0
+    assert "early: the memory lagged" in capsys.readouterr().out
 
 
 async def test_before_any_memory_exists_clearing_and_stubs_reach_the_target(

@@ -762,6 +762,45 @@ async def test_a_reply_delay_holds_back_the_answer(
 
 
 @pytest.mark.anyio
+async def test_a_held_reply_waits_for_that_many_more_turns(
+    api: FakeMessagesAPI, client: anthropic.AsyncAnthropic
+) -> None:
+    api.responder = Script(
+        [text("one"), text("two")], memory=lambda _r: text("noted", hold_turns=2, hold_idle_s=5)
+    )
+    order: list[str] = []
+    memory = {"X-Tidemark-Purpose": "session-memory"}
+    turn = {"X-Tidemark-Purpose": "turn"}
+
+    async def ask(name: str, headers: dict[str, str]) -> None:
+        await stream(client, [user(name)], extra_headers=headers)
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask, "memory", memory)
+        while not api.requests:  # noqa: ASYNC110 (the server runs on its own threads)
+            await anyio.sleep(0.01)
+        await ask("turn 1", turn)
+        await anyio.sleep(0.2)
+        assert order == ["turn 1"]  # one turn is not enough
+        await ask("turn 2", turn)  # the second one releases it
+    assert sorted(order) == ["memory", "turn 1", "turn 2"]
+
+
+@pytest.mark.anyio
+async def test_a_held_reply_is_answered_when_no_more_turns_come(
+    api: FakeMessagesAPI, client: anthropic.AsyncAnthropic
+) -> None:
+    api.responder = Script([], memory=lambda _r: text("noted", hold_turns=3, hold_idle_s=0.1))
+
+    reply = await stream(
+        client, [user("remember")], extra_headers={"X-Tidemark-Purpose": "session-memory"}
+    )
+
+    assert reply.content[0].text == "noted"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
 async def test_a_hundred_concurrent_streams_are_all_answered(
     api: FakeMessagesAPI, client: anthropic.AsyncAnthropic
 ) -> None:

@@ -123,8 +123,16 @@ def _tool(e: Event) -> Text:
     return text
 
 
+_TRIGGERS = {
+    "fresh_memory": "early: the memory lagged, waiting would tombstone what it has not seen",
+    "window": "the model's window rejected the request",
+}
+
+
 def _compaction(e: Event) -> str:
     threshold = f" (threshold {tokens(e.get('threshold'))})" if "threshold" in e else ""
+    if e.get("trigger") in _TRIGGERS:
+        threshold += f" ({_TRIGGERS[e['trigger']]})"
     parts = [
         f"{tokens(e.get('pre_tokens'))} → {tokens(e.get('post_tokens'))} tokens{threshold}",
         f"dropped {whole(e.get('messages_dropped'))}, "

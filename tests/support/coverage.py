@@ -10,9 +10,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from tests.support.fakeapi import RecordedRequest
+from tests.support.sessions import facts_in
 from tidemark.messages import Message
 
-__all__ = ["haystack", "needles", "request_strings", "unseen_by_memory", "unseen_by_summaries"]
+__all__ = [
+    "facts_dropped",
+    "haystack",
+    "needles",
+    "request_strings",
+    "unseen_by_memory",
+    "unseen_by_summaries",
+]
 
 
 def request_strings(value: Any) -> list[str]:
@@ -105,3 +113,15 @@ def unseen_by_summaries(
             if kept.get(use_id) != content and content not in seen:
                 unseen += 1
     return unseen
+
+
+def facts_dropped(turns: Sequence[RecordedRequest], after: Sequence[int]) -> list[set[str]]:
+    """Planted facts each compaction lost, by the server's record: for every compaction (the
+    index in `turns` of the first turn request after it), the facts earlier turn requests
+    carried that this one (context and memory or summary) no longer carries."""
+    seen: set[str] = set()
+    seen_before: list[set[str]] = []
+    for turn in turns:
+        seen_before.append(set(seen))
+        seen |= facts_in(haystack(turn))
+    return [seen_before[k] - facts_in(haystack(turns[k])) for k in after if 0 < k < len(turns)]

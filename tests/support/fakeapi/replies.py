@@ -27,6 +27,11 @@ class Reply:
     status: int = 200  # != 200: answer with an error of the API's shape instead
     error_message: str | None = None
     delay_s: float = 0.0  # wall-clock delay before answering, not scaled by the latency model
+    # Answer only once this many more `turn` requests have arrived after this request (or
+    # when none has arrived for `hold_idle_s`: the session stopped sending turns). Makes
+    # "a memory update spans K turns" exact, whatever the machine's speed.
+    hold_turns: int = 0
+    hold_idle_s: float = 1.0
     drop_stream_after_events: int | None = None  # counts every SSE event, `ping` included
     mid_stream_error: str | None = None  # error type sent as an SSE `error` event
     retry_after_s: float | None = None  # None: 0.01 s on 429, no header on other statuses

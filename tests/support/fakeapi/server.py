@@ -97,6 +97,8 @@ class FakeMessagesAPI:
         self.url = ""
         self._cache = PromptCache()
         self._lock = threading.Lock()
+        self._turns = threading.Condition(self._lock)  # notified when a `turn` request arrives
+        self._turn_count = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -178,8 +180,12 @@ class FakeMessagesAPI:
         )
         with self._lock:
             self.requests.append(record)
+            if record.purpose == "turn":
+                self._turn_count += 1
+                self._turns.notify_all()
+            turns_before = self._turn_count
         try:
-            self._answer(http, record, body)
+            self._answer(http, record, body, turns_before)
         except _Ended:
             pass
         except (_Dropped, ConnectionError):
@@ -190,7 +196,7 @@ class FakeMessagesAPI:
             if record.finished_at is None:
                 record.finished_at = time.monotonic()
 
-    def _answer(self, http: _Handler, record: RecordedRequest, body: Any) -> None:
+    def _answer(self, http: _Handler, record: RecordedRequest, body: Any, turns: int) -> None:
         if record.path not in (MESSAGES_PATH, COUNT_TOKENS_PATH):
             _send_error(http, record, 404, f"Not found: {record.path}")
             return
@@ -224,6 +230,8 @@ class FakeMessagesAPI:
             return
         if reply.delay_s:
             time.sleep(reply.delay_s)
+        if reply.hold_turns:
+            self._hold(turns + reply.hold_turns, reply.hold_idle_s)
         if reply.status != 200:
             retry_after = reply.retry_after_s
             _send_error(http, record, reply.status, reply.error_message, retry_after=retry_after)
@@ -254,6 +262,15 @@ class FakeMessagesAPI:
         else:
             record.first_token_at = time.monotonic()
         _send_json(http, record, 200, message, cut=reply.malformed_event_after is not None)
+
+    def _hold(self, turns: int, idle_s: float) -> None:
+        """Until `turns` turn requests have arrived, or none arrives for `idle_s`."""
+        with self._turns:
+            while self._turn_count < turns and self._server is not None:
+                seen = self._turn_count
+                self._turns.wait(idle_s)
+                if self._turn_count == seen:
+                    return  # the session stopped sending turns (it finishes or waits)
 
     def _reject(self, http: _Handler, record: RecordedRequest, error: str) -> None:
         record.error = error
