@@ -63,6 +63,8 @@ class Compactor:
     strategies: Sequence[Strategy] = DEFAULT_STRATEGIES
     # The memory version (what it covers) `ahead` found no lossless compaction for.
     _weighed_ahead: str | None = field(default=None, init=False)
+    # (memory version, user messages) -> about what the summary message takes
+    _summary_size: tuple[tuple[str | None, int], int] | None = field(default=None, init=False)
 
     @property
     def uses_memory(self) -> bool:
@@ -192,9 +194,14 @@ class Compactor:
         return result
 
     def _summary_tokens(self) -> int:
-        """About what the summary message takes: the memory and the user's own messages."""
-        text = self.updater.document.render(self.record)
-        return self.meter.counter.estimate(text + "\n".join(self.record.user_messages)) + 100
+        """About what the summary message takes: the memory and the user's own messages
+        (rendered once per memory version and count of user messages)."""
+        key = (self.updater.document.covers_message_id, len(self.record.user_messages))
+        if self._summary_size is None or self._summary_size[0] != key:
+            text = self.updater.document.render(self.record)
+            size = self.meter.counter.estimate(text + "\n".join(self.record.user_messages))
+            self._summary_size = (key, size + 100)
+        return self._summary_size[1]
 
     async def _blocking(
         self, context: Sequence[Message], budget: CompactionBudget

@@ -33,13 +33,15 @@ __all__ = ["OPERATIONS", "OverheadRow", "measure_overhead"]
 
 # What one turn does, and how often: two appends (reply, tool results), the context size
 # (compaction check, progress line, turn event, update policy), one request, one policy
-# check, one boundary search (when an update starts; counted every turn to be safe).
+# check, one boundary search (when an update starts; counted every turn to be safe), one
+# check whether to compact ahead of the threshold.
 OPERATIONS: dict[str, int] = {
     "append message": 2,
     "context size estimate": 4,
     "boundary search": 1,
     "build request": 1,
     "update policy check": 1,
+    "compaction check below the threshold": 1,
 }
 EXTRA = (
     "wire conversion (provider)",
@@ -135,6 +137,17 @@ def _row(root: Path, n: int) -> OverheadRow:
     covers = session.context[len(session.context) // 2 - 1]
     session.updater.document = MemoryDocument(
         sections={h: f"notes on {h}" for h in HEADINGS}, covers_message_id=covers.id, update=1
+    )
+    # Each turn under the threshold: would a compaction now keep what the one at the
+    # threshold would lose? (With a memory in place; the usual answer: no, quickly.)
+    ms["compaction check below the threshold"] = _median_ms(
+        lambda: session.compactor.ahead(
+            session.context,
+            session.context_tokens(),
+            turns_since=None,
+            lag_tokens=session.memory_lag_tokens(),
+            turn_growth=3_000,
+        )
     )
     ms["compaction plan (at threshold)"] = _median_ms(
         lambda: session.compactor.instant(session.context, session.budget())
