@@ -48,8 +48,8 @@ MIN_TURNS_BETWEEN = 3
 
 @dataclass
 class Compactor:
-    """Chooses compactions. `ahead` may choose one before the threshold, while the memory
-    is as fresh as it will be before the threshold (see its docstring)."""
+    """Chooses compactions: at the threshold (`due`, `compact`), or before it (`ahead`) when
+    the one at the threshold would tombstone what the memory has not seen."""
 
     settings: Settings
     index: TranscriptIndex

@@ -214,9 +214,9 @@ class Session:
         A compaction is committed only when it reaches the target (or as close as the
         context allows, under the threshold), and not within `MIN_TURNS_BETWEEN` turns of
         the previous one while the request still fits the window: each one rewrites the
-        prompt cache. Close to the threshold, one may come before it while the memory is
-        fresh, when the one at the threshold would have to tombstone what the memory has not
-        seen (`Compactor.ahead`).
+        prompt cache. One may come before the threshold, at the last turn a compaction keeps
+        everything, when the one at the threshold would have to tombstone what the memory
+        has not seen (`Compactor.ahead`).
         """
         pre = self.context_tokens()
         since = None if self._compacted_turn is None else self.turns - self._compacted_turn
