@@ -101,17 +101,23 @@ async def test_slow_memory_claims_only_what_it_saw_and_every_compaction_reaches_
     assert max(r.input_tokens for r in api.requests_for("turn")) <= COMPACT_AT + 4_000
 
 
-@pytest.mark.parametrize("kind", ["reads", "mixed"])
+@pytest.mark.parametrize(("kind", "update_turns"), [("reads", 6), ("mixed", 7)])
 async def test_memory_spanning_many_turns_loses_no_fact_at_any_compaction(
-    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, kind: str, update_turns: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each update answers only after six more turns, so the memory always lags; compaction
-    at the threshold would tombstone results it has not seen. The compaction comes before
-    the threshold instead, at the last moment it keeps everything."""
+    """Each update answers only after six or seven more turns, so the memory always lags;
+    compaction at the threshold tombstoned results it had not seen (reads: 3 results, mixed:
+    6 and 3 planted facts lost, before compaction ahead). The compaction comes before the
+    threshold instead, at the last moment it keeps everything."""
     compact_at = 30_000
     session = _session(tmp_path, kind)
-    script = session.script()
-    script.memory = lambda r: dataclasses.replace(memory_reply(r), hold_turns=6)
+    # Each turn's answer takes 0.1 s, so an update released by a turn commits before the
+    # next turn starts, even on a loaded machine: the lag is then exactly that many turns.
+    replies = [dataclasses.replace(reply, delay_s=0.1) for reply in session.turns()]
+    script = Script(
+        replies,
+        memory=lambda r: dataclasses.replace(memory_reply(r), hold_turns=update_turns),
+    )
     with FakeMessagesAPI(script) as api:
         result = await run_long_session(api, tmp_path, compact_at=compact_at)
     events = read_events(result.paths)
