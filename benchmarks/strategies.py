@@ -22,7 +22,12 @@ from benchmarks.classic import TASK
 from benchmarks.params import Params
 from benchmarks.prices import cost
 from benchmarks.script import StepScript
-from tests.support.coverage import haystack, unseen_by_memory, unseen_by_summaries
+from tests.support.coverage import (
+    facts_seen_before,
+    haystack,
+    unseen_by_memory,
+    unseen_by_summaries,
+)
 from tests.support.fakeapi import FakeMessagesAPI, LatencyModel, RecordedRequest
 from tests.support.sessions import LongSession, facts_in, write_repository
 from tidemark.messages import Message
@@ -233,18 +238,15 @@ def _fidelity(
         result.unseen_covered = unseen_by_summaries(turns, compacts)
     # Planted facts: one per file; "seen" once a turn request carried it, "kept" when the
     # request in question (context and memory or summary) still carries it.
-    seen: set[str] = set()
-    seen_by_turn: list[set[str]] = []
-    for turn in turns:
-        seen |= facts_in(haystack(turn))
-        seen_by_turn.append(set(seen))
+    seen_before = facts_seen_before(turns)
     for c in result.compactions:
         k = c.after_turn_index
         if 0 < k < len(turns):
-            before = seen_by_turn[k - 1]
+            before = seen_before[k]
             c.facts_seen = len(before)
             c.facts_kept = len(before & facts_in(haystack(turns[k])))
     if turns:
+        seen = seen_before[-1] | facts_in(haystack(turns[-1]))
         result.facts_seen_end = len(seen)
         result.facts_kept_end = len(seen & facts_in(haystack(turns[-1])))
 

@@ -15,6 +15,7 @@ from tidemark.messages import Message
 
 __all__ = [
     "facts_dropped",
+    "facts_seen_before",
     "haystack",
     "needles",
     "request_strings",
@@ -115,13 +116,19 @@ def unseen_by_summaries(
     return unseen
 
 
+def facts_seen_before(turns: Sequence[RecordedRequest]) -> list[set[str]]:
+    """For each turn request, the planted facts the turn requests before it carried."""
+    seen: set[str] = set()
+    out: list[set[str]] = []
+    for turn in turns:
+        out.append(set(seen))
+        seen |= facts_in(haystack(turn))
+    return out
+
+
 def facts_dropped(turns: Sequence[RecordedRequest], after: Sequence[int]) -> list[set[str]]:
     """Planted facts each compaction lost, by the server's record: for every compaction (the
     index in `turns` of the first turn request after it), the facts earlier turn requests
     carried that this one (context and memory or summary) no longer carries."""
-    seen: set[str] = set()
-    seen_before: list[set[str]] = []
-    for turn in turns:
-        seen_before.append(set(seen))
-        seen |= facts_in(haystack(turn))
+    seen_before = facts_seen_before(turns)
     return [seen_before[k] - facts_in(haystack(turns[k])) for k in after if 0 < k < len(turns)]
